@@ -1,0 +1,1 @@
+"""The `cochlea` command line."""

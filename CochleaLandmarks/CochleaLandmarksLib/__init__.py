@@ -1,0 +1,1 @@
+"""CochleaLandmarks core (pure Python; no slicer/qt/ctk imports)."""

@@ -1,0 +1,1 @@
+"""CochleaSegmentation core (pure Python; no slicer/qt/ctk imports)."""

@@ -1,0 +1,1 @@
+"""ElectrodeAnnotation core (pure Python; no slicer/qt/ctk imports)."""
