@@ -63,7 +63,9 @@ class Image:
     def with_array(self, array: np.ndarray) -> Image:
         """Same geometry, other voxels (for example a probability map on this grid)."""
         if np.asarray(array).shape != self.array.shape:
-            raise InvalidInputError(f"Array shape {np.asarray(array).shape} does not match the image {self.array.shape}.")
+            raise InvalidInputError(
+                f"Array shape {np.asarray(array).shape} does not match the image {self.array.shape}."
+            )
         return Image(array, self.ijk_to_ras.copy())
 
     # --- geometry ----------------------------------------------------------------------

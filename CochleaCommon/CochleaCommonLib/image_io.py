@@ -68,7 +68,9 @@ def _check_nrrd_spacing(path: Path) -> None:
     try:
         header = nrrd.read_header(str(path))
     except Exception as exc:  # pynrrd raises several types for a broken header
-        raise InputFileError(f"{path.name} is not a readable NRRD file ({exc}). Check that the file is complete.") from exc
+        raise InputFileError(
+            f"{path.name} is not a readable NRRD file ({exc}). Check that the file is complete."
+        ) from exc
     if header.get("dimension", 3) != 3:
         raise InvalidInputError(
             f"{path.name} is a {header.get('dimension')}D image; a 3D CT or cone-beam CT volume is needed."
