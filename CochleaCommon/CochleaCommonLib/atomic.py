@@ -34,7 +34,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is left untouched.
     """
     target = Path(path)
-    if target.parent and not target.parent.exists():
+    if target.parent.exists() and not target.parent.is_dir():
+        raise InputFileError(f"Cannot write {target.name}: the output folder {target.parent} is a file. "
+                             "Choose another output folder.")
+    if not target.parent.exists():
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
