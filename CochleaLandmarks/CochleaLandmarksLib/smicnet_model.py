@@ -1,0 +1,199 @@
+"""SMICNet, the 81x81 patch classifier of Wang et al. (ICBRA 2023), rebuilt layer for layer in PyTorch.
+
+Why a faithful rebuild rather than "a similar CNN": the published Keras weights only reproduce the
+published behaviour when every layer, its order, padding, epsilon and activation slope are the same
+(seed-methods.md section 1.4). The parity test against Keras outputs holds this file to that.
+
+Architecture (NCHW input ``(N, 1, 81, 81)``; H = patch rows = volume axis j, W = columns = axis k;
+never transpose them, the 3x3 kernels are not symmetric)::
+
+    stem:  depthwise 3x3 'same' (+bias) -> BN -> LeakyReLU(0.3) -> 1x1 conv 1->16 -> LeakyReLU
+           -> maxpool 2x2/2 (floor)                                              = res0 16x40x40
+    stage s = 1..4, F = 32, 64, 128, 256 (input res, Cin channels):
+           y = maxpool(LReLU(conv1x1_F(LReLU(BN(depthwise3x3(res))))))           floor(H/2)
+           res = y + conv1x1_F(res, stride 2; stride 3 for F = 256)               ceil(H/s)
+           shapes: 32x20x20 -> 64x10x10 -> 128x5x5 -> 256x2x2
+    head:  global average pool -> dense 256->384 (linear) -> LeakyReLU(0.3) -> dropout 0.4
+           -> dense 384->4 -> softmax (apex/Helicotrema, basal/Modiolus base, Round Window, background)
+
+Keras ``same`` padding of a 1x1 convolution is always zero padding (TF pads
+``max((ceil(n/s) - 1) * s + 1 - n, 0) = 0``), and the output has ``ceil(n/s)`` rows, which is what
+``Conv2d(kernel_size=1, stride=s, padding=0)`` gives for any n. Depthwise 3x3 ``same`` at stride 1 is
+symmetric padding 1. BatchNorm: epsilon 1e-3, Keras momentum 0.99 = torch momentum 0.01.
+
+``forward`` returns logits (training uses them with a cross-entropy loss, which is numerically safer
+than log of a softmax); :meth:`SMICNet.predict_proba` returns the softmax that Keras' last layer gives.
+
+torch is imported lazily: the ``SMICNet`` class is built by :func:`smicnet_class` the first time it
+is needed (and is reachable as ``smicnet_model.SMICNet`` through a module ``__getattr__``, so pickling
+works), so ``import CochleaLandmarksLib.smicnet_model`` works on a machine without PyTorch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from CochleaCommonLib.devices import require_torch
+from CochleaCommonLib.errors import InvalidInputError
+
+#: Name and version of the architecture as written into our weight files; bump on any change.
+ARCHITECTURE = "smicnet"
+ARCHITECTURE_VERSION = 1
+
+#: The four output classes, in the network's output order (landmark names as in DESIGN.md).
+CLASS_NAMES = ("Helicotrema", "Modiolus base", "Round Window", "background")
+BACKGROUND_CLASS = 3
+
+#: Patch side in voxels (81 px x 0.3 mm = 24.3 mm field of view) and the voxel size it was trained for.
+PATCH_SIZE = 81
+SPACING_MM = 0.3
+
+STEM_FILTERS = 16
+STAGE_FILTERS = (32, 64, 128, 256)
+SHORTCUT_STRIDES = (2, 2, 2, 3)
+DENSE_UNITS = 384
+NUM_CLASSES = 4
+
+#: Keras defaults the authors kept: LeakyReLU alpha, BatchNorm epsilon/momentum (torch convention), dropout.
+LEAKY_SLOPE = 0.3
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.01
+DROPOUT = 0.4
+#: The L1L2 kernel regulariser of the 384-unit dense layer (training only).
+DENSE_L1 = 1e-5
+DENSE_L2 = 1e-4
+
+#: Trainable parameters (torch ``parameters()``) and the Keras total that also counts BN moving statistics.
+TRAINABLE_PARAMETERS = 191_152
+TOTAL_PARAMETERS = 191_634
+
+
+@functools.cache
+def smicnet_class() -> type:
+    """Build (once) and return the ``SMICNet`` ``torch.nn.Module`` class.
+
+    Raises :class:`MissingDependencyError` (saying how to install PyTorch) when torch is missing.
+    """
+    torch = require_torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class SeparableBlock(nn.Module):
+        """Depthwise 3x3 'same' (+bias), BN, LeakyReLU, 1x1 conv, LeakyReLU, 2x2 max-pool (stem and stages)."""
+
+        def __init__(self, in_channels: int, out_channels: int) -> None:
+            super().__init__()
+            self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=True)
+            self.bn = nn.BatchNorm2d(in_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+            self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=True)
+
+        def forward(self, x: Any) -> Any:
+            x = F.leaky_relu(self.bn(self.depthwise(x)), LEAKY_SLOPE)
+            return F.max_pool2d(F.leaky_relu(self.pointwise(x), LEAKY_SLOPE), 2, 2)
+
+    class ResidualStage(nn.Module):
+        """One stage: separable block + 2x2 max-pool, plus a strided 1x1 shortcut from the stage input."""
+
+        def __init__(self, in_channels: int, out_channels: int, shortcut_stride: int) -> None:
+            super().__init__()
+            self.block = SeparableBlock(in_channels, out_channels)
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=shortcut_stride, padding=0, bias=True)
+
+        def forward(self, res: Any) -> Any:
+            return self.block(res) + self.shortcut(res)
+
+    class SMICNet(nn.Module):
+        """The SMICNet patch classifier; see the module docstring for the exact layer list."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = SeparableBlock(1, STEM_FILTERS)
+            stages, cin = [], STEM_FILTERS
+            for filters, stride in zip(STAGE_FILTERS, SHORTCUT_STRIDES):
+                stages.append(ResidualStage(cin, filters, stride))
+                cin = filters
+            self.stages = nn.ModuleList(stages)
+            self.dense = nn.Linear(cin, DENSE_UNITS)
+            self.dropout = nn.Dropout(DROPOUT)
+            self.classifier = nn.Linear(DENSE_UNITS, NUM_CLASSES)
+            #: Where the weights came from (filled by the loaders; shown in reports).
+            self.metadata: dict[str, Any] = {}
+            self.reset_parameters()
+
+        def reset_parameters(self) -> None:
+            """Keras' initialisation: Glorot-uniform kernels, zero biases, BN gamma 1 / beta 0 / stats 0 and 1.
+
+            Glorot's limit is symmetric in fan-in and fan-out, so torch's ``xavier_uniform_`` on the
+            (out, in/groups, kh, kw) layout gives the same distribution as Keras on (kh, kw, in, out),
+            depthwise kernels included.
+            """
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.init.xavier_uniform_(module.weight)
+                    nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.BatchNorm2d):
+                    module.reset_parameters()
+
+        def forward(self, x: Any) -> Any:
+            """Logits ``(N, 4)`` for patches ``(N, 1, 81, 81)`` already preprocessed (see smicnet_preprocess)."""
+            if x.ndim != 4 or tuple(x.shape[1:]) != (1, PATCH_SIZE, PATCH_SIZE):
+                raise InvalidInputError(
+                    f"SMICNet takes patches shaped (N, 1, {PATCH_SIZE}, {PATCH_SIZE}) (NCHW, H = rows = j, "
+                    f"W = columns = k); got {tuple(x.shape)}.")
+            res = self.stem(x)
+            for stage in self.stages:
+                res = stage(res)
+            features = res.mean(dim=(2, 3))
+            hidden = self.dropout(F.leaky_relu(self.dense(features), LEAKY_SLOPE))
+            return self.classifier(hidden)
+
+        def predict_proba(self, x: Any) -> Any:
+            """Class probabilities (softmax of the logits) in inference mode, as Keras ``predict`` gives them.
+
+            BatchNorm uses its moving statistics and dropout is off whatever mode the model is in
+            (the mode is restored afterwards); no autograd graph is built.
+            """
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.inference_mode():
+                    return torch.softmax(self(x), dim=1)
+            finally:
+                self.train(was_training)
+
+        def regularization_loss(self) -> Any:
+            """The authors' L1L2 penalty on the 384-unit dense kernel, to add to the training loss."""
+            w = self.dense.weight
+            return DENSE_L1 * w.abs().sum() + DENSE_L2 * w.square().sum()
+
+    SMICNet.__module__ = __name__
+    SMICNet.__qualname__ = "SMICNet"
+    for helper in (SeparableBlock, ResidualStage):
+        helper.__module__ = __name__
+        helper.__qualname__ = helper.__name__
+    globals().update(SMICNet=SMICNet, SeparableBlock=SeparableBlock, ResidualStage=ResidualStage)
+    return SMICNet
+
+
+def build_smicnet(device: str | Any | None = None, *, train: bool = False) -> Any:
+    """A freshly initialised SMICNet (Keras-style init), in eval mode unless ``train``, on ``device``."""
+    model = smicnet_class()()
+    if device is not None:
+        model = model.to(device)
+    return model.train(train)
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable parameters, total including BatchNorm running mean/variance as Keras counts them)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stats = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return trainable, trainable + stats
+
+
+def __getattr__(name: str) -> Any:
+    """Build the torch classes on first access (``from smicnet_model import SMICNet``; unpickling)."""
+    if name in ("SMICNet", "SeparableBlock", "ResidualStage"):
+        smicnet_class()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
