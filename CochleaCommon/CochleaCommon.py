@@ -44,6 +44,38 @@ class CochleaCommon(ScriptedLoadableModule):
             "CochleaToolkit is an open-source 3D Slicer extension for cochlea analysis in CT and "
             "cone-beam CT. The methods it implements are cited in each module's acknowledgement."
         )
+        # Sample Data exists only once the application has started (not in --no-main-window tests).
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Sample data: synthetic temporal-bone phantoms, generated locally on first use
+#
+
+
+def registerSampleData() -> None:
+    """Offer the CochleaToolkit phantoms in the Sample Data module (category "Cochlea").
+
+    Each button generates its phantom on first use (a few seconds, no network) into the per-user
+    cache and loads the volume, its landmarks and the seed click.
+    """
+    import os
+
+    import SampleData
+    from CochleaCommonLib.phantom.samples import SAMPLES
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    for sample in SAMPLES.values():
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="Cochlea",
+            sampleName=sample.name,
+            uris=[f"cochleatoolkit-phantom:{sample.name}"],  # never fetched: the custom downloader generates it
+            fileNames=[f"{sample.name}.nrrd"],
+            nodeNames=[sample.name],
+            thumbnailFileName=os.path.join(iconsPath, "CochleaCommon.png"),
+            loadFileType="VolumeFile",
+            customDownloader=lambda source, name=sample.name: CochleaCommonLogic().loadPhantomSample(name),
+        )
 
 
 #
@@ -70,6 +102,26 @@ class CochleaCommonLogic(ScriptedLoadableModuleLogic):
     applied), so a seed that *looks* inside the volume in the views is inside here too. Every
     failure is an ``InvalidInputError`` naming the node, the point and what to do.
     """
+
+    def loadPhantomSample(self, name: str, cacheFolder: Optional[str] = None) -> dict:
+        """Generate (first time) or reuse a phantom sample and load it into the scene.
+
+        Returns the loaded nodes by role: ``volume``, ``landmarks``, ``seed`` and, when the
+        sample has them, ``labels`` and ``contacts``. Usable from the Python console.
+        """
+        from CochleaCommonLib.phantom.samples import ensure_sample, sample_files
+
+        folder = ensure_sample(name, cacheFolder)
+        files = sample_files(folder)
+        nodes = {"volume": slicer.util.loadVolume(str(files["volume"]), {"name": name})}
+        if "labels" in files:
+            nodes["labels"] = slicer.util.loadLabelVolume(str(files["labels"]), {"name": f"{name}-label"})
+        for role, suffix in (("landmarks", "landmarks"), ("seed", "seed"), ("contacts", "contacts")):
+            if role in files:
+                node = slicer.util.loadMarkups(str(files[role]))
+                node.SetName(f"{name} {suffix}")
+                nodes[role] = node
+        return nodes
 
     def volumeImage(self, volumeNode, role: str = "Input volume"):
         """Return ``volumeNode`` as a world-RAS ``Image``; raise if it is missing or has no voxels.
@@ -145,6 +197,8 @@ class CochleaCommonTest(ScriptedLoadableModuleTest):
         self.test_PointListRoundTripUnderTransform()
         self.setUp()
         self.test_InputChecksNameTheProblem()
+        self.setUp()
+        self.test_PhantomSampleLoads()
 
     # --- helpers -------------------------------------------------------------------------------
     def _slicerIO(self):
@@ -274,3 +328,31 @@ class CochleaCommonTest(ScriptedLoadableModuleTest):
             logic.pointsInsideVolume(seeds, image, "CT")
         logging.info("CochleaCommon input checks passed")
         self.delayDisplay("Shared input checks passed")
+
+    def test_PhantomSampleLoads(self) -> None:
+        """The CT phantom sample generates, caches and loads with its ground truth in place."""
+        import tempfile
+
+        import numpy as np
+        from CochleaCommonLib import slicer_io
+        from CochleaCommonLib.markups_io import read_markups
+
+        self.delayDisplay("Generating and loading the CT phantom sample")
+        with tempfile.TemporaryDirectory() as cache:
+            nodes = CochleaCommonLogic().loadPhantomSample("CochleaPhantomCT", cache)
+            volume = slicer_io.volume_node_to_image(nodes["volume"])
+            landmarks = slicer_io.point_list_node_to_points(nodes["landmarks"])
+            self.assertEqual(list(landmarks.labels), list(LANDMARK_NAMES))
+            # the landmarks file on disk (LPS) and the loaded node (RAS) agree
+            from CochleaCommonLib.phantom.samples import ensure_sample, sample_files
+
+            onDisk = read_markups(sample_files(ensure_sample("CochleaPhantomCT", cache))["landmarks"])
+            self.assertTrue(np.allclose(onDisk.positions_ras, landmarks.positions_ras, atol=1e-6))
+            # every landmark and the seed lie inside the loaded volume
+            volume.ras_to_index(landmarks.positions_ras)
+            volume.ras_to_index(slicer_io.point_list_node_to_points(nodes["seed"]).positions_ras)
+            # the helicotrema is inside fluid-filled lumen: labelled scala (1 or 2)
+            labels = slicer_io.volume_node_to_image(nodes["labels"])
+            self.assertIn(int(labels.value_at(landmarks.position("Helicotrema"))[0]), (1, 2))
+        self.delayDisplay("Phantom sample test passed")
+

@@ -12,13 +12,16 @@ mkdir -p "$OUT"
 echo "== cochlea info"
 "$COCHLEA" info
 
-echo "== a CT phantom of a left temporal bone (0.3 mm, ground truth, preview PNG)"
-"$COCHLEA" phantom --kind ct --seed 7 --spacing 0.3 --out "$OUT/phantom_ct" --preview
+echo "== a CT phantom of a left temporal bone (0.3 mm, exact ground truth, preview PNG)"
+"$COCHLEA" phantom --kind ct --seed 7 --spacing 0.3 --side left --out "$OUT" --preview --meshes
+CASE="$OUT/phantom_ct_00007"
 
 echo "== format conversions a researcher needs in batch"
-"$COCHLEA" convert "$OUT/phantom_ct/volume.nrrd" "$OUT/volume.nii.gz"
-"$COCHLEA" convert "$OUT/phantom_ct/landmarks.fcsv" "$OUT/landmarks.mrk.json"
-"$COCHLEA" convert "$OUT/phantom_ct/landmarks.fcsv" "$OUT/landmarks_ras.fcsv" --coordinate-system RAS
+"$COCHLEA" convert "$CASE/phantom_ct_00007.nrrd" "$OUT/volume.nii.gz"
+"$COCHLEA" convert "$CASE/phantom_ct_00007_landmarks.fcsv" "$OUT/landmarks.mrk.json"
+"$COCHLEA" convert "$CASE/phantom_ct_00007_landmarks.fcsv" "$OUT/landmarks_ras.fcsv" --coordinate-system RAS
+"$COCHLEA" convert "$CASE/meshes/scala_tympani.vtk" "$OUT/scala_tympani.stl"
 
 echo "== done: $OUT"
-ls -1 "$OUT" "$OUT/phantom_ct"
+ls -1 "$OUT" "$CASE"
+echo "Open $CASE/preview.png, or load $CASE/phantom_ct_00007.nrrd and its _landmarks.fcsv in Slicer."
