@@ -30,6 +30,6 @@ echo "setup: installing $TORCH_SPEC (CPU build)"
 echo "setup: installing CochleaToolkit [$EXTRAS] (editable)"
 "${PIP[@]}" install -e ".[$EXTRAS]" "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import CochleaCommonLib, SimpleITK, vtk" || { echo "setup: install failed" >&2; exit 1; }
-rm -f "$VENV"/.cochlea-setup-*
+rm -f "$VENV"/.cochlea-setup-"$EXTRAS"-*
 touch "$stamp"
 echo "setup: done ($VENV)"
