@@ -53,17 +53,97 @@ def _network_grid(image: Image, seed_ras: np.ndarray, extent_mm: np.ndarray) -> 
 def smicnet_classifier(model: Any) -> Classifier:
     """Adapt a SMICNet model (``build_smicnet``) to the numpy-in, numpy-out classifier the sweep calls.
 
-    Patches go to the model's device as a tensor; probabilities come back as a float32 numpy array.
+    Patches go to the model's device as a tensor (channels-last on the CPU, where that layout is about
+    1.5x faster for this network); probabilities come back as a float32 numpy array.
     """
     import torch
 
     device = next(model.parameters()).device
+    channels_last = device.type == "cpu"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     def classify(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return model.predict_proba(x).detach().cpu().numpy().astype(np.float32)
 
     return classify
+
+
+class PatchSource:
+    """The region around a seed on SMICNet's grid, ready to hand out the patch of any box voxel.
+
+    The box is ``n`` voxels per side on the LPS 0.3 mm grid, centred on the voxel nearest the seed. Box
+    voxel ``v`` (i, j, k) is classified from the patch centred at ``v - centre_offset`` (see the module
+    docstring). ``preprocess`` (e.g. metal zeroing) is applied to the raw region before any patch is cut.
+    """
+
+    def __init__(self, image: Image, seed_ras, n: int, *, centre_offset_vox=(0, 1, 1),
+                 preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        seed = np.asarray(seed_ras, dtype=np.float64).reshape(3)
+        if not np.all(np.isfinite(seed)):
+            raise InvalidInputError("The seed point must be a finite RAS position.")
+        self.n = int(n)
+        self.offset = np.asarray(centre_offset_vox, dtype=np.int64).reshape(3)
+        self.margin = np.abs(self.offset) + np.array([0, HALF, HALF])  # per axis i, j, k
+        roi_size = self.n + 2 * self.margin
+        vol_img = _network_grid(image, seed, roi_size * SPACING_MM)
+        trimmed = crop_box(vol_img, seed, roi_size, pad_value=None)
+        raw = trimmed.array if preprocess is None else preprocess(trimmed.array)
+        pad = float(np.min(raw))
+        roi = crop_box(vol_img, seed, roi_size, pad_value=pad)
+        if preprocess is not None:
+            roi = roi.with_array(preprocess(roi.array))
+        self.roi = roi
+        self.vol = roi.array.transpose(2, 1, 0)  # SMICNet's vol[i, j, k]
+        # windows[i, a, b] = vol[i, a:a+81, b:b+81] (centre a+40, b+40); a view, nothing copied.
+        windows = sliding_window_view(self.vol, (PATCH_SIZE, PATCH_SIZE), axis=(1, 2))
+        # Box voxel v has ROI index v + margin and patch centre v + margin - offset.
+        first = self.margin - self.offset - np.array([0, HALF, HALF])
+        self.windows = windows[first[0]:first[0] + n, first[1]:first[1] + n, first[2]:first[2] + n]
+        self.box_geometry = roi.ijk_to_ras.copy()
+        self.box_geometry[:3, 3] = roi.index_to_ras(self.margin.astype(np.float64))
+
+    def patches(self, ijk: np.ndarray) -> np.ndarray:
+        """Quantised float32 patches ``(M, 1, 81, 81)`` for box voxels ``ijk`` ``(M, 3)``."""
+        ii, jj, kk = np.asarray(ijk, dtype=np.int64).T
+        return quantize_patches(self.windows[ii, jj, kk])[:, None, :, :]
+
+    def box_image(self, array_ijk: np.ndarray) -> Image:
+        """An :class:`Image` on the box grid from an array indexed ``[i, j, k]``."""
+        return Image(np.ascontiguousarray(array_ijk.transpose(2, 1, 0)), self.box_geometry.copy())
+
+
+def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray, *, batch_size: int = 256,
+                    progress: Callable[[float], Any] | None = None) -> np.ndarray:
+    """Class probabilities ``(M, 4)`` for the box voxels ``ijk`` ``(M, 3)``, in batches."""
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
+    ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
+    total = len(ijk)
+    probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        out = classifier(np.ascontiguousarray(source.patches(ijk[start:stop]), dtype=np.float32))
+        if hasattr(out, "detach"):
+            out = out.detach().cpu().numpy()
+        out = np.asarray(out, dtype=np.float32)
+        if out.shape != (stop - start, len(CLASS_NAMES)):
+            raise InvalidInputError(
+                f"The classifier returned shape {out.shape}; expected ({stop - start}, {len(CLASS_NAMES)})."
+            )
+        probs[start:stop] = out
+        if progress is not None:
+            progress(float(stop) / max(total, 1))
+    return probs
+
+
+def _box_size(box_mm: float) -> int:
+    if not np.isfinite(box_mm) or box_mm <= 0:
+        raise InvalidInputError(f"The search box must be positive, got {box_mm} mm.")
+    return max(1, int(round(box_mm / SPACING_MM)))
 
 
 def sweep_probabilities(
@@ -75,8 +155,11 @@ def sweep_probabilities(
     batch_size: int = 256,
     progress: Callable[[float], Any] | None = None,
     centre_offset_vox=(0, 1, 1),
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict[str, Image]:
     """Classify the sagittal patch of every voxel of a cube of ``box_mm`` around ``seed_ras``.
+
+    This is the batched-naive sweep (every voxel its own patch); :func:`sweep_coarse_to_fine` is the fast one.
 
     Args:
         image: the CT / CBCT volume, any orientation and spacing.
@@ -89,87 +172,114 @@ def sweep_probabilities(
         progress: called with the fraction done (0..1) after each batch; it may raise
             ``OperationCancelled`` to stop.
         centre_offset_vox: see the module docstring; ``(0, 0, 0)`` for exact parity with the paper.
+        preprocess: applied to the raw region before patches are cut (metal zeroing).
 
     Returns:
         One float32 probability :class:`Image` per landmark (``CLASS_NAMES[:3]``), all on the same
         box grid (LPS-ordered axes, 0.3 mm) with correct IJK-to-RAS.
     """
-    seed = np.asarray(seed_ras, dtype=np.float64).reshape(3)
-    offset = np.asarray(centre_offset_vox, dtype=np.int64).reshape(3)
-    if not np.all(np.isfinite(seed)):
-        raise InvalidInputError("The seed point must be a finite RAS position.")
-    if not np.isfinite(box_mm) or box_mm <= 0:
-        raise InvalidInputError(f"The search box must be positive, got {box_mm} mm.")
-    if batch_size < 1:
-        raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
-
-    n = max(1, int(round(box_mm / SPACING_MM)))
-    margin = np.abs(offset) + np.array([0, HALF, HALF])  # per axis i, j, k
-    roi_size = n + 2 * margin
-    vol_img = _network_grid(image, seed, roi_size * SPACING_MM)
-
-    trimmed = crop_box(vol_img, seed, roi_size, pad_value=None)
-    pad = float(np.min(trimmed.array))
-    roi = crop_box(vol_img, seed, roi_size, pad_value=pad)
-    vol = roi.array.transpose(2, 1, 0)  # SMICNet's vol[i, j, k]
-
-    # windows[i, a, b] = vol[i, a:a+81, b:b+81] (centre a+40, b+40); a view, nothing copied.
-    windows = sliding_window_view(vol, (PATCH_SIZE, PATCH_SIZE), axis=(1, 2))
-    # Box voxel v has ROI index v + margin and patch centre v + margin - offset.
-    first = margin - offset - np.array([0, HALF, HALF])
-    windows = windows[first[0]:first[0] + n, first[1]:first[1] + n, first[2]:first[2] + n]
-
-    total = n ** 3
-    probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
-    for start in range(0, total, batch_size):
-        flat = np.arange(start, min(start + batch_size, total))
-        ii, jj, kk = np.unravel_index(flat, (n, n, n))
-        batch = quantize_patches(windows[ii, jj, kk])[:, None, :, :]
-        out = classifier(np.ascontiguousarray(batch, dtype=np.float32))
-        if hasattr(out, "detach"):
-            out = out.detach().cpu().numpy()
-        out = np.asarray(out, dtype=np.float32)
-        if out.shape != (len(flat), len(CLASS_NAMES)):
-            raise InvalidInputError(
-                f"The classifier returned shape {out.shape}; expected ({len(flat)}, {len(CLASS_NAMES)})."
-            )
-        probs[flat] = out
-        if progress is not None:
-            progress(float(flat[-1] + 1) / total)
-
-    box_geometry = roi.ijk_to_ras.copy()
-    box_geometry[:3, 3] = roi.index_to_ras(margin.astype(np.float64))
+    n = _box_size(box_mm)
+    source = PatchSource(image, seed_ras, n, centre_offset_vox=centre_offset_vox, preprocess=preprocess)
+    ijk = np.stack(np.unravel_index(np.arange(n ** 3), (n, n, n)), axis=1)
+    probs = classify_voxels(source, classifier, ijk, batch_size=batch_size, progress=progress)
     probs_ijk = probs.reshape(n, n, n, len(CLASS_NAMES))
-    return {
-        name: Image(np.ascontiguousarray(probs_ijk[..., c].transpose(2, 1, 0)), box_geometry.copy())
-        for c, name in enumerate(LANDMARK_NAMES)
-    }
+    return {name: source.box_image(probs_ijk[..., c]) for c, name in enumerate(LANDMARK_NAMES)}
+
+
+def _lattice(n: int, stride: int) -> np.ndarray:
+    """Every ``stride``-th index of ``0..n-1``, centred so the margins at both ends are equal (+-1)."""
+    start = ((n - 1) % stride) // 2
+    return np.arange(start, n, stride)
+
+
+def sweep_coarse_to_fine(
+    image: Image,
+    seed_ras,
+    classifier: Classifier,
+    *,
+    box_mm: float = 20.0,
+    strides: tuple[int, ...] = (3, 1),
+    keep_threshold: float = 0.05,
+    batch_size: int = 256,
+    progress: Callable[[float], Any] | None = None,
+    centre_offset_vox=(0, 1, 1),
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[dict[str, Image], int]:
+    """Score the box coarse-to-fine: a lattice of stride ``strides[0]``, then, level by level, only the voxels
+    of the next finer lattice within one coarse step of a voxel where some landmark scored ``>= keep_threshold``.
+
+    Background (most of the box) is pruned after the first level. Voxels never scored hold probability 0 in
+    the returned maps. Returns the maps (as :func:`sweep_probabilities`) and the number of patches scored.
+    """
+    n = _box_size(box_mm)
+    strides = tuple(int(s) for s in strides)
+    if not strides or any(s < 1 for s in strides) or strides[-1] != 1 or list(strides) != sorted(strides, reverse=True):
+        raise InvalidInputError(f"strides must decrease to 1, got {strides}.")
+    source = PatchSource(image, seed_ras, n, centre_offset_vox=centre_offset_vox, preprocess=preprocess)
+    probs = np.zeros((n, n, n, len(CLASS_NAMES)), dtype=np.float32)
+    scored = np.zeros((n, n, n), dtype=bool)
+    axis = _lattice(n, strides[0])
+    candidates = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    total = 0
+    for level, stride in enumerate(strides):
+        candidates = candidates[~scored[tuple(candidates.T)]]
+        if len(candidates):
+            sub = None if progress is None else (
+                lambda f, lv=level: progress((lv + f) / len(strides)))
+            p = classify_voxels(source, classifier, candidates, batch_size=batch_size, progress=sub)
+            probs[tuple(candidates.T)] = p
+            scored[tuple(candidates.T)] = True
+            total += len(candidates)
+        if level + 1 == len(strides):
+            break
+        hot = np.argwhere(scored & (probs[..., :len(LANDMARK_NAMES)].max(axis=-1) >= keep_threshold))
+        if len(hot) == 0:
+            break
+        finer = strides[level + 1]
+        mask = np.zeros((n, n, n), dtype=bool)
+        reach = stride  # one coarse step on each side covers the cells between lattice points
+        for lo_hi in hot:
+            lo = np.maximum(lo_hi - reach, 0)
+            hi = np.minimum(lo_hi + reach + 1, n)
+            mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        fine_axis = np.zeros(n, dtype=bool)
+        fine_axis[_lattice(n, finer)] = True
+        mask &= fine_axis[:, None, None] & fine_axis[None, :, None] & fine_axis[None, None, :]
+        candidates = np.argwhere(mask)
+    if progress is not None:
+        progress(1.0)
+    maps = {name: source.box_image(probs[..., c]) for c, name in enumerate(LANDMARK_NAMES)}
+    return maps, total
 
 
 def landmarks_from_probabilities(
-    prob_images: dict[str, Image], threshold: float = 0.5
+    prob_images: dict[str, Image], threshold: float | dict[str, float] = 0.5, *, connectivity: int = 26
 ) -> dict[str, tuple[np.ndarray | None, float]]:
-    """Per landmark: the probability-weighted centre of mass of the largest 26-connected island of
-    voxels above ``threshold``, in RAS mm, and a confidence (the island's peak probability).
+    """Per landmark: the probability-weighted centre of mass of the largest connected island of voxels
+    above its threshold, in RAS mm, and a confidence (the island's peak probability).
 
-    ``(None, 0.0)`` when no voxel exceeds the threshold.
+    ``threshold`` is one value or one per landmark name; ``connectivity`` 26 (default) or 6 (the
+    authors' ``ndimage.label`` default, used in parity mode). ``(None, 0.0)`` when no voxel exceeds the
+    threshold: no point is made up.
     """
     import SimpleITK as sitk
 
+    if connectivity not in (6, 26):
+        raise InvalidInputError(f"connectivity must be 6 or 26, got {connectivity}.")
     result: dict[str, tuple[np.ndarray | None, float]] = {}
     for name, img in prob_images.items():
+        thr = float(threshold[name]) if isinstance(threshold, dict) else float(threshold)
         p = np.asarray(img.array, dtype=np.float64)
-        mask = p > threshold
+        mask = p > thr
         if not mask.any():
             result[name] = (None, 0.0)
             continue
-        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), True)
+        cc = sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), connectivity == 26)
         labels = sitk.GetArrayFromImage(sitk.RelabelComponent(cc))  # 1 = largest island
         island = labels == 1
-        w = np.where(island, p, 0.0)
         kji = np.array(np.nonzero(island), dtype=np.float64)
         weights = p[island]
         centre_kji = (kji * weights).sum(axis=1) / weights.sum()
         ras = img.index_to_ras(centre_kji[::-1])
-        result[name] = (np.asarray(ras, dtype=np.float64).reshape(3), float(w.max()))
+        result[name] = (np.asarray(ras, dtype=np.float64).reshape(3), float(weights.max()))
     return result

@@ -1,0 +1,225 @@
+"""One entry point for landmark detection, whatever the method: validate, load, detect, write.
+
+Why: the CLI, the Slicer Logic, the evaluation and the benchmarks must behave identically, so input
+checks, the choice of default model, the mapping of probability maps back onto the input's own voxel
+lattice and the output files all live here once. Methods plug in below ``detect_landmarks``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from CochleaCommonLib.atomic import atomic_output
+from CochleaCommonLib.errors import CochleaError, InvalidInputError
+from CochleaCommonLib.image import Image
+from CochleaCommonLib.image_io import write_image
+from CochleaCommonLib.image_ops import crop_around, resample_like
+from CochleaCommonLib.markups_io import write_markups
+from CochleaCommonLib.model_registry import ModelRegistry
+from CochleaCommonLib.progress import Progress, ProgressCallback
+
+from .landmark_result import LANDMARK_NAMES, LandmarkResult, probability_file_stem
+from .smicnet_detector import LoadedDetector, load_smicnet_detector, smicnet_maps
+
+log = logging.getLogger(__name__)
+
+METHODS = ("smicnet",)
+MODES = ("fast", "parity")
+DEFAULT_MODELS = {"smicnet": "smicnet-phantom"}
+#: Above this voxel size the network sees too little detail; we warn (the issue's 0.6 mm).
+COARSE_SPACING_MM = 0.6
+#: Smallest volume edge (voxels) we accept: below it the image is a slice or a thumbnail, not a CT.
+MIN_VOXELS_PER_AXIS = 8
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    if value not in choices:
+        raise InvalidInputError(f"Unknown {what} '{value}'. Choose one of: {', '.join(choices)}.")
+    return value
+
+
+def load_detector(method: str = "smicnet", model: str | os.PathLike | None = None, *, device: str = "auto",
+                  registry: ModelRegistry | None = None, allow_download: bool = False,
+                  progress: Progress | ProgressCallback | None = None) -> LoadedDetector:
+    """Load the network of ``method`` (``model``: registry id or weight file; None = the bundled default).
+
+    Keep the returned detector and pass it to :func:`detect_landmarks` to process many volumes without
+    reloading. Raises :class:`ModelWeightsError` for missing or corrupt weights and
+    :class:`MissingDependencyError` (with install instructions) when PyTorch is missing.
+    """
+    _check_choice(method, METHODS, "landmark method")
+    chosen = str(model) if model is not None else DEFAULT_MODELS[method]
+    return load_smicnet_detector(chosen, device=device, registry=registry, allow_download=allow_download,
+                                 progress=Progress.ensure(progress))
+
+
+def validate_image(image: Image) -> list[str]:
+    """Refuse what cannot be a CT/CBCT of the temporal bone; return warnings for what degrades accuracy."""
+    shape = image.array.shape
+    if image.array.ndim != 3 or min(shape) < MIN_VOXELS_PER_AXIS:
+        raise InvalidInputError(
+            f"The volume is {'x'.join(str(s) for s in shape[::-1])} voxels: landmark detection needs a 3D CT or "
+            f"cone-beam CT with at least {MIN_VOXELS_PER_AXIS} voxels along every axis, not a single slice.")
+    if image.array.dtype == bool:
+        raise InvalidInputError("The volume is a binary mask, not a CT: select the CT or cone-beam CT image.")
+    sample = image.array[:: max(1, shape[0] // 32), :: max(1, shape[1] // 64), :: max(1, shape[2] // 64)]
+    if not np.all(np.isfinite(sample)):
+        raise InvalidInputError("The volume contains NaN or infinite intensities; it is not a usable CT.")
+    lo, hi = float(np.min(sample)), float(np.max(sample))
+    if hi <= lo:
+        raise InvalidInputError("The volume has a single intensity everywhere; it is not a CT.")
+    if np.issubdtype(image.array.dtype, np.integer) and len(np.unique(sample)) <= 16:
+        raise InvalidInputError(
+            "The volume holds only a few distinct values: it looks like a label map or segmentation, not a CT. "
+            "Select the CT or cone-beam CT image.")
+    warnings = []
+    spacing = image.spacing
+    if np.max(spacing) > COARSE_SPACING_MM + 1e-6:
+        warnings.append(
+            f"The voxel size is {', '.join(f'{s:.2f}' for s in spacing)} mm, coarser than {COARSE_SPACING_MM} mm: "
+            "the models were made for about 0.3 mm, so expect larger landmark errors.")
+    return warnings
+
+
+def validate_seed(image: Image, seed_ras: Any) -> np.ndarray:
+    """The seed as a (3,) RAS array; :class:`InvalidInputError` when it is not a point inside the volume."""
+    try:
+        seed = np.asarray(seed_ras, dtype=np.float64).reshape(3)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"The seed must be one point R, A, S in mm, got {seed_ras!r}.") from exc
+    if not np.all(np.isfinite(seed)):
+        raise InvalidInputError("The seed point has a non-finite coordinate; place it again.")
+    index = image.ras_to_continuous_index(seed)
+    n = np.array(image.shape_ijk, dtype=np.float64)
+    if np.any(index < -0.5) or np.any(index > n - 0.5):
+        lo, hi = image.world_bounds()
+        raise InvalidInputError(
+            f"The seed point (R {seed[0]:.1f}, A {seed[1]:.1f}, S {seed[2]:.1f} mm) lies outside the volume, which "
+            f"spans R {lo[0]:.1f}..{hi[0]:.1f}, A {lo[1]:.1f}..{hi[1]:.1f}, S {lo[2]:.1f}..{hi[2]:.1f} mm. "
+            "Place the seed on the cochlea inside this volume.")
+    return seed
+
+
+def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
+                     model: str | os.PathLike | None = None, detector: LoadedDetector | None = None,
+                     mode: str = "fast", device: str = "auto", roi_mm: float | None = None,
+                     registry: ModelRegistry | None = None, allow_download: bool = False,
+                     output_maps: bool = True,
+                     progress: Progress | ProgressCallback | None = None) -> LandmarkResult:
+    """Find Helicotrema, Modiolus base and Round Window around ``seed_ras`` (RAS mm) in ``image``.
+
+    Args:
+        image: CT or cone-beam CT, any orientation and spacing.
+        seed_ras: a rough click on the cochlea, up to about 5 mm from it.
+        method: one of ``METHODS``.
+        model / detector: a registry id or weight file, or an already loaded detector (for loops).
+        mode: ``fast`` (coarse-to-fine, corrected centring) or ``parity`` (the authors' exact procedure).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ignored when ``detector`` is given).
+        roi_mm: edge of the searched cube in fast mode (default ``FAST_BOX_MM``); parity mode is fixed.
+        output_maps: resample the probability maps onto the input's lattice (skip for pure accuracy runs).
+        progress: callback ``(fraction, message)`` or a :class:`Progress`; cancellation raises
+            :class:`OperationCancelled`.
+
+    Returns a :class:`LandmarkResult`. A landmark without a confident island is reported missing with
+    its reason. Raises :class:`InvalidInputError` when no landmark at all is found ("no cochlea found
+    within N mm of the seed") and for invalid inputs, before any heavy work.
+    """
+    t_start = time.perf_counter()
+    _check_choice(method, METHODS, "landmark method")
+    _check_choice(mode, MODES, "mode")
+    if roi_mm is not None and not (5.0 <= float(roi_mm) <= 60.0):
+        raise InvalidInputError(f"The search region size must be 5 to 60 mm, not {roi_mm} mm.")
+    warnings = validate_image(image)
+    seed = validate_seed(image, seed_ras)
+    prog = Progress.ensure(progress)
+    if detector is None:
+        prog.update(0.0, "Loading the model")
+        detector = load_detector(method, model, device=device, registry=registry, allow_download=allow_download)
+        load_seconds = detector.load_seconds
+    else:
+        load_seconds = 0.0
+    warnings += detector.messages
+    prog.check()
+    out = smicnet_maps(image, seed, detector, mode=mode, box_mm=roi_mm, progress=prog.sub(0.0, 0.9))
+    warnings += out["notes"]
+    positions: dict[str, np.ndarray | None] = {}
+    confidences: dict[str, float] = {}
+    missing: dict[str, str] = {}
+    for name in LANDMARK_NAMES:
+        position, confidence = out["found"][name]
+        positions[name] = position
+        confidences[name] = confidence
+        if position is None:
+            thr = out["thresholds"][name] if isinstance(out["thresholds"], dict) else out["thresholds"]
+            missing[name] = (f"no region scored above {thr:g} for {name} within {out['box_mm'] / 2:.1f} mm of the "
+                             "seed")
+    if all(p is None for p in positions.values()):
+        raise InvalidInputError(
+            f"No cochlea found within {out['box_mm'] / 2:.1f} mm of the seed (R {seed[0]:.1f}, A {seed[1]:.1f}, "
+            f"S {seed[2]:.1f}): no landmark scored above threshold. Place the seed on the cochlea and run again.")
+    timings = {"load_model": load_seconds, **out["timings"]}
+    maps: dict[str, Image] = {}
+    if output_maps:
+        prog.update(0.92, "Mapping probabilities onto the volume")
+        t = time.perf_counter()
+        maps = {name: maps_on_input_lattice(image, m) for name, m in out["maps"].items()}
+        timings["resample_maps"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    prog.update(1.0, "Landmarks found")
+    return LandmarkResult(method=method, mode=mode, model_id=detector.model_id, device=detector.device,
+                          seed_ras=seed, positions_ras=positions, confidences=confidences, probability_maps=maps,
+                          timings=timings, patches=int(out["patches"]), warnings=warnings,
+                          missing_reasons=missing, search_box_mm=float(out["box_mm"]))
+
+
+def maps_on_input_lattice(image: Image, prob: Image) -> Image:
+    """``prob`` resampled (linearly) onto the input's own voxel lattice, cropped to the region it covers.
+
+    The result has the input's spacing and directions and voxels that coincide with input voxels, so it
+    overlays exactly in Slicer and in any viewer; it never spans the whole input (a 512^3 float map is
+    half a gigabyte).
+    """
+    lo, hi = prob.world_bounds()
+    centre = 0.5 * (np.asarray(lo) + np.asarray(hi))
+    extent = np.abs(np.asarray(hi) - np.asarray(lo))
+    # The box's world extent measured along the input's axes (the input may be oblique).
+    size_mm = np.abs(image.direction).T @ extent + 2.0 * image.spacing
+    inside = np.clip(image.ras_to_continuous_index(centre), 0, np.array(image.shape_ijk) - 1)
+    reference = crop_around(image, image.index_to_ras(inside), size_mm)
+    reference = reference.with_array(np.zeros(reference.array.shape, dtype=np.float32))
+    out = resample_like(prob, reference, interpolator="linear", default_value=0.0)
+    return out.with_array(np.clip(out.array.astype(np.float32, copy=False), 0.0, 1.0))
+
+
+def write_landmark_outputs(result: LandmarkResult, out_dir: str | os.PathLike, *,
+                           name: str = "Landmarks") -> dict[str, Path]:
+    """Write ``landmarks.fcsv`` (LPS), ``landmarks.mrk.json``, ``probability_<name>.nrrd`` and ``report.json``.
+
+    Every file is written under a temporary name and moved into place, so a failure never leaves a
+    half-written file. Returns the paths by kind.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CochleaError(f"Cannot create the output folder {out}: {exc.strerror or exc}.") from exc
+    points = result.points(name)
+    paths: dict[str, Path] = {"fcsv": out / "landmarks.fcsv", "mrk.json": out / "landmarks.mrk.json"}
+    write_markups(points, paths["fcsv"], coordinate_system="LPS")
+    write_markups(points, paths["mrk.json"], coordinate_system="LPS")
+    for landmark, image in result.probability_maps.items():
+        path = out / f"{probability_file_stem(landmark)}.nrrd"
+        write_image(image, path)
+        paths[probability_file_stem(landmark)] = path
+    report = result.report()
+    report["files"] = {k: p.name for k, p in paths.items()}
+    paths["report"] = out / "report.json"
+    with atomic_output(paths["report"]) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return paths

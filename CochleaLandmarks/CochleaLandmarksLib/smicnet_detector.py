@@ -1,0 +1,176 @@
+"""SMICNet landmark detection around one seed: model loading, the two sweep modes, and the result.
+
+Why here and not in the sweep: the sweep is geometry (which patch belongs to which voxel); this
+module decides the policy around it: which weights, which device, metal zeroing, the box size that
+reaches the round window from a rough click, thresholds, and turning maps into points with honest
+confidences.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from CochleaCommonLib.devices import require_torch, resolve_device
+from CochleaCommonLib.image import Image
+from CochleaCommonLib.model_registry import ModelRegistry
+from CochleaCommonLib.progress import Progress
+
+from .landmark_result import LANDMARK_NAMES
+from .smicnet_model import SPACING_MM
+from .smicnet_parity import PARITY_CONNECTIVITY, PARITY_RANGE, PARITY_THRESHOLDS, parity_sweep
+from .smicnet_preprocess import metal_artifact_stats, zero_metal_artifacts
+from .smicnet_sweep import (
+    PatchSource,
+    classify_voxels,
+    landmarks_from_probabilities,
+    smicnet_classifier,
+    sweep_coarse_to_fine,
+)
+
+#: Fast mode: the cube searched around the seed. The round window lies up to ~4.5 mm from the landmark
+#: centroid, so a click 5 mm off needs about 9.5 mm of reach; 21 mm gives a 1 mm margin.
+FAST_BOX_MM = 21.0
+#: Coarse-to-fine lattice strides and the landmark probability that keeps a coarse voxel's neighbourhood.
+FAST_STRIDES = (3, 1)
+FAST_KEEP = 0.05
+#: Island threshold per landmark in fast mode.
+FAST_THRESHOLD = 0.5
+#: Statistics for the metal test are taken from this cube around the seed in fast mode (whole volume in parity).
+FAST_METAL_REGION_MM = 50.0
+#: The pixel of an 81x81 patch at which each kind of weights was trained to see the landmark.
+AUTHORS_LANDMARK_PIXEL = 41
+CENTRE_PIXEL = 40
+
+
+@dataclass
+class LoadedDetector:
+    """A model ready to run: keep one and pass it to :func:`detect_smicnet` when looping over many volumes."""
+
+    method: str
+    model_id: str
+    device: str
+    network: Any
+    load_seconds: float
+    landmark_pixel: int = AUTHORS_LANDMARK_PIXEL
+    messages: list[str] = field(default_factory=list)
+    _classifier: Any = None
+
+    @property
+    def classifier(self) -> Any:
+        """The numpy-in, numpy-out patch classifier (built once)."""
+        if self._classifier is None:
+            self._classifier = smicnet_classifier(self.network)
+        return self._classifier
+
+
+def _landmark_pixel(metadata: dict[str, Any]) -> int:
+    """Where the weights expect the landmark: ours record it; the authors' (Keras) put it at pixel 41."""
+    source = metadata.get("source") if isinstance(metadata.get("source"), dict) else {}
+    for where in (metadata, source):
+        value = where.get("landmark_pixel") if isinstance(where, dict) else None
+        if value is not None:
+            value = value[0] if isinstance(value, (list, tuple)) else value
+            return int(value)
+    return AUTHORS_LANDMARK_PIXEL
+
+
+def load_smicnet_detector(model: str, *, device: str = "auto", registry: ModelRegistry | None = None,
+                          allow_download: bool = False, progress: Progress | None = None) -> LoadedDetector:
+    """Load SMICNet weights (registry id or file) onto the resolved device, in eval mode."""
+    from .keras_import import load_smicnet_weights
+
+    torch = require_torch()
+    start = time.perf_counter()
+    choice = resolve_device(device)
+    network = load_smicnet_weights(model, registry, allow_download=allow_download, device=choice.name,
+                                   progress=progress)
+    network.eval()
+    metadata = dict(getattr(network, "metadata", {}) or {})
+    model_id = metadata.get("model_id") or str(model)
+    if choice.name.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True
+    detector = LoadedDetector("smicnet", str(model_id), choice.name, network, 0.0,
+                              landmark_pixel=_landmark_pixel(metadata),
+                              messages=[choice.message] if choice.message else [])
+    _ = detector.classifier
+    detector.load_seconds = time.perf_counter() - start
+    return detector
+
+
+def _metal_preprocess(image: Image, seed_ras: np.ndarray, mode: str) -> tuple[Any, bool]:
+    """The authors' metal zeroing as a function on raw regions, with statistics from the whole volume
+    (parity) or from a cube around the seed (fast: the ear's own neighbourhood decides, and a 512^3
+    head CT costs no full-volume percentile)."""
+    from CochleaCommonLib.image_ops import crop_around
+
+    region = image.array if mode == "parity" else crop_around(image, seed_ras, FAST_METAL_REGION_MM).array
+    stats = metal_artifact_stats(region)
+    if not stats.triggered:
+        return None, False
+    return (lambda raw: zero_metal_artifacts(raw, stats)), True
+
+
+def _offset(detector: LoadedDetector, mode: str) -> tuple[int, int, int]:
+    """Parity: the authors' centring (patch centred on the voxel). Fast: centre each voxel where the
+    weights were trained to see the landmark (pixel 41 for the authors' weights, 40 for ours)."""
+    if mode == "parity":
+        return (0, 0, 0)
+    shift = detector.landmark_pixel - CENTRE_PIXEL
+    return (0, shift, shift)
+
+
+def smicnet_maps(image: Image, seed_ras: np.ndarray, detector: LoadedDetector, *, mode: str, box_mm: float | None,
+                 progress: Progress) -> dict[str, Any]:
+    """Run the sweep of ``mode``; return maps (box grid), points, confidences, patch count, timings, notes."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    preprocess, metal = _metal_preprocess(image, seed_ras, mode)
+    timings["preprocess"] = time.perf_counter() - t0
+    progress.update(0.05, "Sweeping the patch classifier")
+    t1 = time.perf_counter()
+    sweep_progress = progress.sub(0.05, 0.9)
+
+    def report(fraction: float) -> None:
+        sweep_progress.update(fraction, "Sweeping the patch classifier")
+
+    if mode == "parity":
+        maps, patches = parity_sweep(image, seed_ras, detector.classifier, progress=report, preprocess=preprocess)
+        thresholds, connectivity = PARITY_THRESHOLDS, PARITY_CONNECTIVITY
+        box = 2 * PARITY_RANGE * SPACING_MM
+    else:
+        box = float(box_mm or FAST_BOX_MM)
+        maps, patches = sweep_coarse_to_fine(image, seed_ras, detector.classifier, box_mm=box, strides=FAST_STRIDES,
+                                             keep_threshold=FAST_KEEP, progress=report,
+                                             centre_offset_vox=_offset(detector, mode), preprocess=preprocess)
+        thresholds, connectivity = FAST_THRESHOLD, 26
+    timings["sweep"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    found = landmarks_from_probabilities(maps, thresholds, connectivity=connectivity)
+    timings["extract"] = time.perf_counter() - t2
+    notes = ["Metal artefacts were detected; voxels brighter than the metal threshold were set to 0 (as the "
+             "SMICNet authors do)."] if metal else []
+    return {"maps": maps, "found": found, "patches": patches, "timings": timings, "box_mm": box, "notes": notes,
+            "thresholds": thresholds}
+
+
+def classify_points(detector: LoadedDetector, image: Image, points_ras: np.ndarray, *,
+                    batch_size: int = 256) -> np.ndarray:
+    """Softmax ``(N, 4)`` for the sagittal patch at each RAS point (nearest voxel of the LPS 0.3 mm grid).
+
+    The patch is placed as in fast mode (where the weights expect the landmark), so a ground-truth
+    landmark should score as its class. Used for patch-level F1 in evaluation.
+    """
+    pts = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    out = np.zeros((len(pts), 4), dtype=np.float32)
+    for n, p in enumerate(pts):
+        source = PatchSource(image, p, 1, centre_offset_vox=_offset(detector, "fast"))
+        out[n] = classify_voxels(source, detector.classifier, np.zeros((1, 3), dtype=np.int64),
+                                 batch_size=batch_size)[0]
+    return out
+
+
+__all__ = ["FAST_BOX_MM", "LANDMARK_NAMES", "LoadedDetector", "classify_points", "load_smicnet_detector",
+           "smicnet_maps"]
