@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from CochleaCommonLib.atomic import atomic_output
 from CochleaCommonLib.errors import CochleaError, InvalidInputError
 from CochleaCommonLib.image import Image
 from CochleaCommonLib.image_io import write_image
@@ -201,25 +202,33 @@ def write_landmark_outputs(result: LandmarkResult, out_dir: str | os.PathLike, *
                            name: str = "Landmarks") -> dict[str, Path]:
     """Write ``landmarks.fcsv`` (LPS), ``landmarks.mrk.json``, ``probability_<name>.nrrd`` and ``report.json``.
 
-    Every file is written under a temporary name and moved into place, so a failure never leaves a
-    half-written file. Returns the paths by kind.
+    All files are first written into a temporary folder inside ``out_dir`` and moved into place only
+    when every one of them is complete, so a failure never leaves a half-written or mixed set of
+    results. Returns the paths by kind.
     """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".landmarks-", dir=out))
     except OSError as exc:
-        raise CochleaError(f"Cannot create the output folder {out}: {exc.strerror or exc}.") from exc
-    points = result.points(name)
-    paths: dict[str, Path] = {"fcsv": out / "landmarks.fcsv", "mrk.json": out / "landmarks.mrk.json"}
-    write_markups(points, paths["fcsv"], coordinate_system="LPS")
-    write_markups(points, paths["mrk.json"], coordinate_system="LPS")
-    for landmark, image in result.probability_maps.items():
-        path = out / f"{probability_file_stem(landmark)}.nrrd"
-        write_image(image, path)
-        paths[probability_file_stem(landmark)] = path
-    report = result.report()
-    report["files"] = {k: p.name for k, p in paths.items()}
-    paths["report"] = out / "report.json"
-    with atomic_output(paths["report"]) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    return paths
+        raise CochleaError(f"Cannot write into the output folder {out}: {exc.strerror or exc}.") from exc
+    try:
+        points = result.points(name)
+        staged: dict[str, Path] = {"fcsv": staging / "landmarks.fcsv", "mrk.json": staging / "landmarks.mrk.json"}
+        write_markups(points, staged["fcsv"], coordinate_system="LPS")
+        write_markups(points, staged["mrk.json"], coordinate_system="LPS")
+        for landmark, image in result.probability_maps.items():
+            staged[probability_file_stem(landmark)] = staging / f"{probability_file_stem(landmark)}.nrrd"
+            write_image(image, staged[probability_file_stem(landmark)])
+        report = result.report()
+        report["files"] = {k: p.name for k, p in staged.items()}
+        staged["report"] = staging / "report.json"
+        staged["report"].write_text(json.dumps(report, indent=2) + "\n")
+        # Everything is written: only now replace the previous results (same file system, atomic renames).
+        paths = {}
+        for kind, path in staged.items():
+            paths[kind] = out / path.name
+            os.replace(path, paths[kind])
+        return paths
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
