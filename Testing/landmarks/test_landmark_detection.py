@@ -1,0 +1,239 @@
+"""Landmark detection pipeline: parity visiting order, coarse-to-fine pruning, geometry, outputs, bad input.
+
+An oracle classifier (class 0 = the value of one pixel of the quantised patch) stands in for the
+network where the test is about geometry or bookkeeping; the real network runs in the CLI tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from CochleaCommonLib.errors import InvalidInputError
+from CochleaCommonLib.geometry import lps_to_ras
+from CochleaCommonLib.image import Image
+from CochleaCommonLib.image_io import read_image
+from CochleaCommonLib.markups_io import read_markups
+from CochleaLandmarksLib.landmark_detection import (
+    detect_landmarks,
+    maps_on_input_lattice,
+    validate_image,
+    write_landmark_outputs,
+)
+from CochleaLandmarksLib.landmark_result import LANDMARK_NAMES
+from CochleaLandmarksLib.smicnet_detector import LoadedDetector
+from CochleaLandmarksLib.smicnet_parity import (
+    PARITY_COARSE_BACKGROUND,
+    fine_entries,
+    parity_offsets,
+    parity_sweep,
+)
+from CochleaLandmarksLib.smicnet_sweep import (
+    PatchSource,
+    sweep_coarse_to_fine,
+    sweep_probabilities,
+)
+from test_smicnet_sweep import FLIPPED, OBLIQUE, PERMUTED, P, _oracle
+from test_smicnet_sweep import _volume as _sweep_volume
+
+
+def _volume(direction: np.ndarray, spacing: float, *, blob: bool = True, size_mm: float = 36.0) -> Image:
+    """The sweep tests' blob volume on a background of 200: with a zero background the authors' metal test
+    (p99.9 > 6 x p95) would fire and zero the blob, which the pipeline applies as the authors do."""
+    image = _sweep_volume(direction, spacing, blob=blob, size_mm=size_mm)
+    return image.with_array(image.array + np.float32(200.0))
+
+
+def _detector(row: int = 40, col: int = 40, landmark_pixel: int = 40, calls: list | None = None) -> LoadedDetector:
+    det = LoadedDetector("smicnet", "oracle", "cpu", network=None, load_seconds=0.0, landmark_pixel=landmark_pixel)
+    det._classifier = _oracle(row, col, calls)
+    return det
+
+
+# --- parity mode ---------------------------------------------------------------------------------------
+
+def test_parity_offsets_follow_the_authors_flattening_order():
+    off = parity_offsets(12)
+    assert off.shape == (24 ** 3, 3)
+    assert off[:, 0].min() == -12 and off[:, 0].max() == 11  # asymmetric box
+    # dz fastest, then dx, then dy slowest.
+    assert list(off[0]) == [-12, -12, -12] and list(off[1]) == [-12, -12, -11]
+    assert list(off[24]) == [-11, -12, -12]
+    assert list(off[24 * 24]) == [-12, -11, -12]
+    coarse = off[::3]
+    assert len(coarse) == 4608 and set(np.unique(coarse[:, 2])) == set(range(-12, 12, 3))
+
+
+def test_fine_entries_wrap_like_python_indexing():
+    assert list(fine_entries(np.array([5]), 100)) == list(range(12, 19))
+    # Entry 0: 3*0-3 .. 3 -> -3, -2, -1 wrap to the end of the list.
+    assert list(fine_entries(np.array([0]), 100)) == [0, 1, 2, 3, 97, 98, 99]
+    # Past the end: skipped.
+    assert list(fine_entries(np.array([33]), 100)) == [96, 97, 98, 99]
+    # The window of a row's last coarse entry runs into the next row (dz = 9 -> next dx row).
+    off = parity_offsets(12)
+    entries = fine_entries(np.array([7]), len(off))  # flat 21 = dz 9 of the first row
+    assert off[entries[-1]][2] == -12 and off[entries[-1]][0] == -11
+
+
+def _authors_loop(source: PatchSource, classifier, ref: np.ndarray) -> np.ndarray:
+    """The notebook's procedure, one patch at a time, with its overwrites (the reference for batching)."""
+    points = np.clip(np.round(ref[None, :] + parity_offsets(12)).astype(np.int64), 0, source.n - 1)
+    maps = np.zeros((source.n,) * 3 + (3,), dtype=np.float32)
+    for idx, point in enumerate(points[::3]):
+        p = classifier(source.patches(point[None]))[0]
+        if p[3] > PARITY_COARSE_BACKGROUND:
+            continue
+        for m in range(3 * idx - 3, 3 * idx + 4):
+            if m >= len(points):
+                break
+            q = points[m]  # a negative m wraps, as in Python
+            pf = classifier(source.patches(q[None]))[0]
+            c = int(np.argmax(pf))
+            if c < 3:
+                maps[q[0], q[1], q[2], c] = pf.max()
+    return maps
+
+
+def test_batched_parity_equals_the_authors_sequential_loop():
+    image = _volume(OBLIQUE, 0.3, size_mm=24.0)
+    seed = P + np.array([0.5, -0.4, 0.3])
+    classifier = _oracle(40, 40)
+    calls: list = []
+    maps, patches = parity_sweep(image, seed, _oracle(40, 40, calls))
+    source = PatchSource(image, seed, 26, centre_offset_vox=(0, 0, 0))
+    box = source.box_image(np.zeros((1, 1, 1), dtype=np.float32))
+    ref = box.ras_to_continuous_index(seed)
+    expected = _authors_loop(source, classifier, ref)
+    got = np.stack([maps[n].array.transpose(2, 1, 0) for n in LANDMARK_NAMES], axis=-1)
+    assert got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert expected[..., 0].max() > 0.5  # the blob was found, so the comparison is not vacuous
+    assert patches == sum(calls) and 4608 < patches < 24 ** 3
+
+
+# --- fast mode ------------------------------------------------------------------------------------------
+
+def test_coarse_to_fine_matches_dense_sweep_where_it_matters():
+    image = _volume(OBLIQUE, 0.3, size_mm=24.0)
+    dense = sweep_probabilities(image, P, _oracle(40, 40), box_mm=6.0, centre_offset_vox=(0, 0, 0))
+    calls: list = []
+    fast, patches = sweep_coarse_to_fine(image, P, _oracle(40, 40, calls), box_mm=6.0, strides=(3, 1),
+                                         keep_threshold=0.05, centre_offset_vox=(0, 0, 0))
+    d, f = dense["Helicotrema"].array, fast["Helicotrema"].array
+    island = d > 0.5
+    assert island.sum() > 10
+    np.testing.assert_array_equal(f[island], d[island])
+    assert patches == sum(calls) < d.size  # background was pruned
+    np.testing.assert_allclose(fast["Helicotrema"].ijk_to_ras, dense["Helicotrema"].ijk_to_ras)
+
+
+def test_coarse_to_fine_rejects_bad_strides():
+    image = _volume(OBLIQUE, 0.3, size_mm=24.0)
+    for strides in [(), (3,), (1, 3), (0, 1)]:
+        with pytest.raises(InvalidInputError, match="strides"):
+            sweep_coarse_to_fine(image, P, _oracle(40, 40), box_mm=3.0, strides=strides)
+
+
+@pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED, PERMUTED], ids=["oblique", "flipped", "permuted"])
+@pytest.mark.parametrize("pixel", [40, 41], ids=["our-centring", "authors-centring"])
+def test_detect_puts_the_landmark_at_the_blob(direction, pixel):
+    """Whatever the volume's orientation and whichever pixel the weights expect, the point lands on P."""
+    image = _volume(direction, 0.3, size_mm=30.0)
+    seed = P + np.array([1.2, -0.9, 0.6])
+    result = detect_landmarks(image, seed, detector=_detector(pixel, pixel, landmark_pixel=pixel), roi_mm=8.0)
+    assert np.linalg.norm(result.positions_ras["Helicotrema"] - P) < 0.15
+    assert result.confidences["Helicotrema"] > 0.9
+    # The oracle never reports the other two: missing, with a reason, never a made-up point.
+    for name in ("Modiolus base", "Round Window"):
+        assert result.positions_ras[name] is None and "no region scored above" in result.missing_reasons[name]
+    assert result.points().labels == ["Helicotrema"]
+    # The map is on the input's own lattice (same axes and spacing, voxels coinciding with input voxels) and
+    # peaks at P.
+    prob = result.probability_maps["Helicotrema"]
+    np.testing.assert_allclose(prob.ijk_to_ras[:3, :3], image.ijk_to_ras[:3, :3], atol=1e-9)
+    shift = image.ras_to_continuous_index(prob.index_to_ras([0, 0, 0]))
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-6)
+    peak = np.unravel_index(np.argmax(prob.array), prob.array.shape)
+    assert np.linalg.norm(prob.index_to_ras(np.array(peak[::-1], dtype=float)) - P) < 0.35
+    assert result.report()["landmarks"][0]["found"] is True
+
+
+def test_maps_on_input_lattice_cover_the_box_on_a_translated_anisotropic_volume():
+    image = Image.from_geometry(np.zeros((60, 70, 80), dtype=np.int16), (0.25, 0.35, 0.4), (-130.0, 20.0, 7.0))
+    box = Image.from_geometry(np.ones((10, 10, 10), dtype=np.float32), (0.3, 0.3, 0.3), (-120.0, 28.0, 15.0),
+                              np.diag([-1.0, -1.0, 1.0]))
+    out = maps_on_input_lattice(image, box)
+    np.testing.assert_allclose(out.spacing, image.spacing)
+    lo, hi = box.world_bounds()
+    for corner in (lo, hi):
+        assert out.value_at(corner) == pytest.approx(1.0, abs=1e-6)  # the box's corners are inside the map
+    assert out.array.dtype == np.float32 and out.array.size < image.array.size
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+def test_no_cochlea_found_is_an_error_not_a_guess():
+    image = _volume(OBLIQUE, 0.3, blob=False, size_mm=30.0)
+    with pytest.raises(InvalidInputError, match=r"No cochlea found within 4\.\d mm of the seed"):
+        detect_landmarks(image, P, detector=_detector(), roi_mm=9.0)
+
+
+def test_seed_outside_and_non_ct_volumes_are_refused_before_any_work():
+    image = _volume(OBLIQUE, 0.3, size_mm=24.0)
+    calls: list = []
+    with pytest.raises(InvalidInputError, match="lies outside the volume"):
+        detect_landmarks(image, P + 100.0, detector=_detector(calls=calls))
+    with pytest.raises(InvalidInputError, match="not a single slice"):
+        detect_landmarks(Image(np.zeros((1, 50, 50), np.int16) + np.arange(50, dtype=np.int16), np.eye(4)), P,
+                         detector=_detector(calls=calls))
+    labels = image.with_array((image.array > 500).astype(np.int16) * 3)
+    with pytest.raises(InvalidInputError, match="label map"):
+        detect_landmarks(labels, P, detector=_detector(calls=calls))
+    with pytest.raises(InvalidInputError, match="Unknown mode 'turbo'"):
+        detect_landmarks(image, P, detector=_detector(calls=calls), mode="turbo")
+    with pytest.raises(InvalidInputError, match="5 to 60 mm"):
+        detect_landmarks(image, P, detector=_detector(calls=calls), roi_mm=200)
+    assert calls == []
+
+
+def test_coarse_spacing_warns():
+    image = Image.from_geometry(np.arange(40 ** 3, dtype=np.float32).reshape(40, 40, 40) % 977, (0.7, 0.7, 0.7))
+    assert any("coarser than 0.6 mm" in w for w in validate_image(image))
+    assert validate_image(image.with_array(image.array)) and not validate_image(
+        Image.from_geometry(image.array, (0.3, 0.3, 0.3)))
+
+
+# --- outputs --------------------------------------------------------------------------------------------
+
+def test_outputs_round_trip_in_lps_and_leave_nothing_half_written(tmp_path):
+    image = _volume(FLIPPED, 0.3, size_mm=24.0)
+    result = detect_landmarks(image, P, detector=_detector(), roi_mm=6.0)
+    paths = write_landmark_outputs(result, tmp_path / "out", name="CT landmarks")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["landmarks.fcsv", "landmarks.mrk.json", "probability_Helicotrema.nrrd",
+                     "probability_Modiolus_base.nrrd", "probability_Round_Window.nrrd", "report.json"]
+    text = paths["fcsv"].read_text()
+    assert "# CoordinateSystem = LPS" in text
+    row = [line for line in text.splitlines() if not line.startswith("#")][0].split(",")
+    np.testing.assert_allclose(lps_to_ras(np.array([float(v) for v in row[1:4]])),
+                               result.positions_ras["Helicotrema"], atol=1e-3)
+    for path in (paths["fcsv"], paths["mrk.json"]):
+        back = read_markups(path)
+        assert back.labels == ["Helicotrema"]
+        np.testing.assert_allclose(back.positions_ras[0], result.positions_ras["Helicotrema"], atol=1e-3)
+    assert json.loads(paths["mrk.json"].read_text())["markups"][0]["coordinateSystem"] == "LPS"
+    report = json.loads(paths["report"].read_text())
+    assert [lm["label"] for lm in report["landmarks"]] == list(LANDMARK_NAMES)
+    assert report["model"] == "oracle" and report["device"] == "cpu" and "total" in report["timings_s"]
+    prob = read_image(paths["probability_Helicotrema"])
+    np.testing.assert_allclose(prob.ijk_to_ras, result.probability_maps["Helicotrema"].ijk_to_ras, atol=1e-5)
+
+    # A failure while writing leaves the previous results as they were and no temporary folder.
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    result.probability_maps["Round Window"] = "not an image"  # type: ignore[assignment]
+    with pytest.raises((AttributeError, TypeError)):
+        write_landmark_outputs(result, tmp_path / "out")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert after == before
