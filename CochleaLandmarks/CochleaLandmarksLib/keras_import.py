@@ -375,6 +375,8 @@ def _model_from_document(doc: dict[str, Any], p: Path, device: Any) -> Any:
     source = doc.get("source") or {}
     model.metadata = {"source_file": source.get("file", p.name), "source_format": source.get("format", TORCH_FORMAT),
                       "source_sha256": source.get("sha256", "")}
+    if source.get("landmark_pixel") is not None:  # our trained weights say where they see the landmark
+        model.metadata["landmark_pixel"] = source["landmark_pixel"]
     return model
 
 

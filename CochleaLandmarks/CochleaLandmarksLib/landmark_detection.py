@@ -158,8 +158,8 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
         confidences[name] = confidence
         if position is None:
             thr = out["thresholds"][name] if isinstance(out["thresholds"], dict) else out["thresholds"]
-            missing[name] = (f"no region scored above {thr:g} for {name} within {out['box_mm'] / 2:.1f} mm of the "
-                             "seed")
+            missing[name] = out.get("reasons", {}).get(name) or (
+                f"no region scored above {thr:g} for {name} within {out['box_mm'] / 2:.1f} mm of the seed")
     if all(p is None for p in positions.values()):
         raise InvalidInputError(
             f"No cochlea found within {out['box_mm'] / 2:.1f} mm of the seed (R {seed[0]:.1f}, A {seed[1]:.1f}, "

@@ -18,6 +18,7 @@ from CochleaCommonLib.image import Image
 from CochleaCommonLib.model_registry import ModelRegistry
 from CochleaCommonLib.progress import Progress
 
+from .landmark_islands import find_islands, select_consistent
 from .landmark_result import LANDMARK_NAMES
 from .smicnet_model import SPACING_MM
 from .smicnet_parity import PARITY_CONNECTIVITY, PARITY_RANGE, PARITY_THRESHOLDS, parity_sweep
@@ -148,12 +149,22 @@ def smicnet_maps(image: Image, seed_ras: np.ndarray, detector: LoadedDetector, *
         thresholds, connectivity = FAST_THRESHOLD, 26
     timings["sweep"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    found = landmarks_from_probabilities(maps, thresholds, connectivity=connectivity)
+    reasons: dict[str, str] = {}
+    if mode == "parity":
+        found = landmarks_from_probabilities(maps, thresholds, connectivity=connectivity)
+    else:
+        islands = {name: find_islands(m, FAST_THRESHOLD, connectivity=connectivity) for name, m in maps.items()}
+        chosen = select_consistent(islands)
+        found = {name: (None if isl is None else isl.centre_ras, conf) for name, (isl, conf) in chosen.items()}
+        for name, (isl, _) in chosen.items():
+            if isl is None and islands[name]:
+                reasons[name] = (f"{len(islands[name])} region(s) scored above {FAST_THRESHOLD:g} for {name}, but none "
+                                 "is weighty enough and at an anatomically possible distance from the other landmarks")
     timings["extract"] = time.perf_counter() - t2
     notes = ["Metal artefacts were detected; voxels brighter than the metal threshold were set to 0 (as the "
              "SMICNet authors do)."] if metal else []
     return {"maps": maps, "found": found, "patches": patches, "timings": timings, "box_mm": box, "notes": notes,
-            "thresholds": thresholds}
+            "thresholds": thresholds, "reasons": reasons}
 
 
 def classify_points(detector: LoadedDetector, image: Image, points_ras: np.ndarray, *,
