@@ -107,14 +107,26 @@ def image_to_volume_node(image: Image, name: str, scene=None, *, node=None, labe
     return node
 
 
-def create_probability_volume_node(image: Image, name: str, scene=None, *, threshold: float = 0.05):
+def _observe_transform(node, transform_node) -> None:
+    """Put ``node`` under ``transform_node`` (None: no parent transform)."""
+    node.SetAndObserveTransformNodeID(transform_node.GetID() if transform_node is not None else None)
+
+
+def create_probability_volume_node(image: Image, name: str, scene=None, *, threshold: float = 0.05, node=None,
+                                   transform_node=None):
     """A volume node for a probability map in [0, 1], displayed as a heat-colour overlay.
 
     Voxels below ``threshold`` are transparent in slice views so the map can sit in the
-    foreground layer over the CT.
+    foreground layer over the CT. ``node``: an existing scalar volume node to refill (re-runs
+    replace their maps instead of adding new ones). ``transform_node``: parent transform for the
+    node (the CT's own, so the map follows the CT); the voxels still land at the image's world
+    positions.
     """
     scene = _scene(scene)
-    node = image_to_volume_node(image.with_array(image.array.astype(np.float32)), name, scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    _observe_transform(node, transform_node)
+    node = image_to_volume_node(image.with_array(image.array.astype(np.float32)), name, scene, node=node)
     display = node.GetDisplayNode()
     if scene.GetNodeByID(PROBABILITY_COLOR_NODE_ID) is not None:
         display.SetAndObserveColorNodeID(PROBABILITY_COLOR_NODE_ID)
@@ -159,6 +171,42 @@ def points_to_point_list_node(points: PointList, name: str | None = None, scene=
         node.SetNthControlPointPositionWorld(index, *(float(v) for v in pos))
         node.SetNthControlPointDescription(index, desc)
         node.SetNthControlPointLocked(index, locked)
+    return node
+
+
+def landmarks_to_point_list_node(labels: Sequence[str], positions_ras: Sequence, name: str | None = None, scene=None,
+                                 *, node=None, descriptions: Sequence[str] | None = None, transform_node=None,
+                                 locked: bool = False):
+    """A point list holding ``labels`` in this order; a label whose position is None stays unplaced.
+
+    Why unplaced rather than left out: a landmark the detector did not find appears in the list as
+    a "missing" control point, so the user sees what is absent and can place it by hand in the
+    Markups module; readers (:func:`point_list_node_to_points`) skip it, nothing guesses a position.
+    Positions are world RAS; with ``transform_node`` the node is put under that transform first
+    (so the points follow it later) and the points still land at the given world positions.
+    ``node``: an existing point list to refill (its control points are replaced).
+    """
+    if len(labels) != len(positions_ras):
+        raise InvalidInputError(f"{len(labels)} labels but {len(positions_ras)} positions for the point list.")
+    scene = _scene(scene)
+    if node is None:
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name or "Landmarks")
+        node.CreateDefaultDisplayNodes()
+    _observe_transform(node, transform_node)
+    wasModifying = node.StartModify()
+    try:
+        node.RemoveAllControlPoints()
+        for n, (label, pos) in enumerate(zip(labels, positions_ras)):
+            index = node.AddControlPoint(vtk.vtkVector3d(0.0, 0.0, 0.0), label)
+            if pos is None:
+                node.SetNthControlPointPositionMissing(index)
+            else:
+                node.SetNthControlPointPositionWorld(index, *(float(v) for v in np.asarray(pos).reshape(3)))
+            if descriptions is not None:
+                node.SetNthControlPointDescription(index, descriptions[n])
+            node.SetNthControlPointLocked(index, locked)
+    finally:
+        node.EndModify(wasModifying)
     return node
 
 

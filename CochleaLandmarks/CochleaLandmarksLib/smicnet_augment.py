@@ -27,9 +27,12 @@ Geometry (the volume is a :class:`TrainingVolume`: KJI array on LPS axes at 0.3 
   global minimum after normalisation), like the sweep that pads with the ROI minimum.
 
 Class balance and where background patches come from: a batch has ``background_fraction`` background
-patches (default half) and equal shares of the three landmarks. Half of the background centres are
-"hard": drawn on a shell 3..12 voxels (0.9-3.6 mm) around a landmark; half are uniform over the box of
-+-12 mm around the landmark centroid (inside the volume). Every background centre is more than 3 voxels
+patches (default half) and equal shares of the three landmarks. Of the background centres, 40 % are
+"hard": drawn on a shell 3..12 voxels (0.9-3.6 mm) around a landmark; 30 % are "structure": on voxels
+with strong edges in the background region (``TrainingVolume.structure_ijk``; this is where a sweep's
+false landmarks appear, e.g. on the semicircular canals); 30 % are uniform over the box of
++-``background_extent_mm`` (default 16 mm, the reach of the fast sweep) around the landmark centroid.
+All are inside the volume. Every background centre is more than 3 voxels
 from every landmark; the band between the positive jitter (0.5 voxel) and 3 voxels is never labelled,
 so the probability map falls off smoothly around each landmark, which the centre-of-mass step needs.
 
@@ -49,6 +52,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 from CochleaCommonLib.devices import require_torch
 from CochleaCommonLib.errors import InvalidInputError
 
@@ -68,7 +72,8 @@ class AugmentConfig:
     """Knobs of the patch sampler; defaults follow the authors (seed-methods.md 1.6) where they exist."""
 
     background_fraction: float = 0.5
-    hard_negative_fraction: float = 0.5
+    hard_negative_fraction: float = 0.4
+    structure_fraction: float = 0.3
     jitter_vox: float = 0.5
     min_background_distance_vox: float = 3.0
     hard_shell_max_vox: float = 12.0
@@ -93,11 +98,13 @@ class AugmentConfig:
 
     def validate(self) -> None:
         """Raise :class:`InvalidInputError` for values that cannot work."""
-        for name in ("background_fraction", "hard_negative_fraction", "coronal_prob", "rotate_prob",
-                     "intensity_prob", "filter_prob", "pad_prob"):
+        for name in ("background_fraction", "hard_negative_fraction", "structure_fraction", "coronal_prob",
+                     "rotate_prob", "intensity_prob", "filter_prob", "pad_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InvalidInputError(f"{name} must be between 0 and 1, got {value}.")
+        if self.hard_negative_fraction + self.structure_fraction > 1.0:
+            raise InvalidInputError("hard_negative_fraction + structure_fraction must not exceed 1.")
         if self.background_fraction >= 1.0:
             raise InvalidInputError("background_fraction must be below 1 (some landmark patches are needed).")
         if self.jitter_vox < 0 or self.jitter_vox >= self.min_background_distance_vox:
@@ -203,11 +210,13 @@ class PatchSampler:
         self.device = torch.device(device)
         self.volumes = [torch.from_numpy(v.array).to(self.device, torch.float32)[None, None] for v in volumes]
         f32 = dict(dtype=torch.float32, device=self.device)
-        self.landmarks = torch.tensor([v.landmarks_ijk for v in volumes], **f32)  # (C, 3, 3)
-        self.bg_lo = torch.tensor([v.background_lo for v in volumes], **f32)
-        self.bg_hi = torch.tensor([v.background_hi for v in volumes], **f32)
-        self.limits = torch.tensor([[n - 1 for n in v.array.shape[::-1]] for v in volumes], **f32)
+        self.landmarks = torch.tensor(np.array([v.landmarks_ijk for v in volumes]), **f32)  # (C, 3, 3)
+        self.bg_lo = torch.tensor(np.array([v.background_lo for v in volumes]), **f32)
+        self.bg_hi = torch.tensor(np.array([v.background_hi for v in volumes]), **f32)
+        self.limits = torch.tensor(np.array([[n - 1 for n in v.array.shape[::-1]] for v in volumes]), **f32)
         self.case_ids = [v.case_id for v in volumes]
+        self.structure = [torch.from_numpy(np.asarray(v.structure_ijk, dtype=np.float32)).to(self.device)
+                          for v in volumes]
 
     # random helpers (all on the device, all from the given generator)
     def _rand(self, g: Any, *shape: int) -> Any:
@@ -239,12 +248,28 @@ class PatchSampler:
         inside = ((points >= 0) & (points <= self.limits[case])).all(dim=1)
         return (d > self.config.min_background_distance_vox).all(dim=1) & inside
 
+    def _structure_draw(self, case: Any, fallback: Any, g: Any) -> Any:
+        """A strong-edge voxel (+- 0.5 voxel) of each case in ``case``; ``fallback`` where a case has none."""
+        torch = require_torch()
+        out = fallback.clone()
+        for c in torch.unique(case).tolist():
+            points = self.structure[c]
+            if points.shape[0] == 0:
+                continue
+            idx = (case == c).nonzero()[:, 0]
+            pick = torch.randint(0, points.shape[0], (idx.numel(),), generator=g, device=self.device)
+            out[idx] = points[pick] + self._rand(g, idx.numel(), 3) - 0.5
+        return out
+
     def background_centres(self, case: Any, g: Any) -> Any:
-        """Background centres for the cases ``case`` (n,): the first part hard (shell), the rest uniform."""
+        """Background centres for the cases ``case`` (n,): hard (shell) first, then structure, then uniform."""
         torch = require_torch()
         cfg = self.config
         n = case.shape[0]
-        hard = torch.arange(n, device=self.device) < int(round(n * cfg.hard_negative_fraction))
+        position = torch.arange(n, device=self.device)
+        n_hard = int(round(n * cfg.hard_negative_fraction))
+        hard = position < n_hard
+        structure = (position >= n_hard) & (position < n_hard + int(round(n * cfg.structure_fraction)))
         out = torch.zeros(n, 3, device=self.device)
         todo = torch.ones(n, dtype=torch.bool, device=self.device)
         for _ in range(_MAX_REDRAWS):
@@ -257,6 +282,9 @@ class PatchSampler:
             shell = self.landmarks[c, which] + radius[:, None] * self._unit_vectors(g, m)
             box = self.bg_lo[c] + (self.bg_hi[c] - self.bg_lo[c]) * self._rand(g, m, 3)
             cand = torch.where(hard[idx, None], shell, box)
+            if bool(structure[idx].any()):
+                s_idx = structure[idx].nonzero()[:, 0]
+                cand[s_idx] = self._structure_draw(c[s_idx], box[s_idx], g)
             ok = self._far_from_landmarks(c, cand)
             out[idx[ok]] = cand[ok]
             todo[idx[ok]] = False

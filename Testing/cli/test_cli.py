@@ -101,8 +101,11 @@ def test_info_json(capsys):
         torch_version = "not installed"
     assert info["packages"]["torch"] == torch_version
     assert info["devices"][0]["name"] == "cpu"
-    assert [m["id"] for m in info["models"]] == [f"smicnet-published-{n}" for n in (1, 3, 5, 7, 9, 11)]
-    assert {m["state"] for m in info["models"]} == {"missing"}
+    published = [m for m in info["models"] if m["id"].startswith("smicnet-published-")]
+    assert [m["id"] for m in published] == [f"smicnet-published-{n}" for n in (1, 3, 5, 7, 9, 11)]
+    assert {m["state"] for m in published} == {"missing"}  # downloaded on demand, never committed
+    bundled = {m["id"]: m for m in info["models"] if m not in published}
+    assert bundled["smicnet-phantom"]["state"] == "ok" and bundled["smicnet-phantom"]["origin"] == "bundled"
 
 
 @pytest.mark.skipif(not SMICNET_DIR.is_dir(), reason=f"../shared is absent ({SMICNET_DIR})")
@@ -111,7 +114,10 @@ def test_info_reports_checksums_of_found_models(capsys, monkeypatch):
     monkeypatch.setenv("COCHLEA_TOOLKIT_MODEL_DIRS", str(SMICNET_DIR))
     code, out, _ = run(capsys, "info", "--json")
     models = json.loads(out)["models"]
-    assert code == 0 and {m["state"] for m in models} == {"ok"} and {m["origin"] for m in models} == {"search dir"}
+    origins = {m["id"]: m["origin"] for m in models}
+    assert code == 0 and {m["state"] for m in models} == {"ok"}
+    assert {origins[f"smicnet-published-{n}"] for n in (1, 3, 5, 7, 9, 11)} == {"search dir"}
+    assert origins["smicnet-phantom"] == "bundled"
 
 
 def test_info_survives_a_broken_registry(capsys, tmp_path):

@@ -70,11 +70,16 @@ def leftovers(folder: Path) -> list[str]:
 
 
 # --- the bundled registry -----------------------------------------------------------------
+def _published(registry: ModelRegistry) -> list:
+    """The six published SMICNet entries (the registry also holds the project's own bundled models)."""
+    return [e for e in registry.entries if e.id.startswith("smicnet-published-")]
+
+
 def test_bundled_registry_has_the_six_published_smicnet_models():
     registry = ModelRegistry.load()
     assert registry.path == DEFAULT_REGISTRY_PATH and DEFAULT_REGISTRY_PATH.name == "models.json"
-    assert registry.ids == [f"smicnet-published-{n}" for n in (1, 3, 5, 7, 9, 11)]
-    for n, entry in zip((1, 3, 5, 7, 9, 11), registry.entries):
+    assert [e.id for e in _published(registry)] == [f"smicnet-published-{n}" for n in (1, 3, 5, 7, 9, 11)]
+    for n, entry in zip((1, 3, 5, 7, 9, 11), _published(registry)):
         assert entry.version == "1.0" and entry.task == "landmarks-smicnet" and entry.format == "keras-h5"
         assert entry.input == {"patch": [81, 81], "spacing_mm": 0.3,
                                "classes": ["Helicotrema", "Modiolus base", "Round Window", "background"]}
@@ -87,13 +92,31 @@ def test_bundled_registry_has_the_six_published_smicnet_models():
     assert registry.bundled_dir == DEFAULT_REGISTRY_PATH.parent / "Models"
 
 
+def test_bundled_smicnet_phantom_is_committed_verified_and_loads():
+    """The project's own default weights ship in Models/, match their registry SHA256 and say where the
+    landmark sits in the patch (pixel 40, not the authors' 41)."""
+    from CochleaLandmarksLib.keras_import import load_smicnet_weights
+
+    registry = ModelRegistry.load()
+    entry = registry.get("smicnet-phantom")
+    assert entry.format == "smicnet-pt" and entry.url is None and entry.license == "Apache-2.0"
+    assert entry.input["landmark_pixel"] == [40, 40] and entry.input["spacing_mm"] == 0.3
+    path = registry.bundled_dir / entry.file
+    assert path.is_file() and sha(path.read_bytes()) == entry.sha256
+    assert (registry.bundled_dir / "smicnet-phantom.md").is_file()  # the reproducing command
+    assert registry.locate("smicnet-phantom").origin == "bundled"
+    pytest.importorskip("torch")
+    model = load_smicnet_weights("smicnet-phantom", registry)
+    assert model.metadata["landmark_pixel"] == [40, 40] and model.metadata["model_id"] == "smicnet-phantom"
+
+
 @needs_shared
 @pytest.mark.shared
 def test_bundled_hashes_match_the_shared_readme_and_files():
     table = dict(re.findall(r"^\| (\S+\.h5) \| ([0-9a-f]{64}) \|$", (SMICNET_DIR / "README.md").read_text(), re.M))
     registry = ModelRegistry.load()
-    assert {e.file: e.sha256 for e in registry.entries} == table
-    for entry in registry.entries:
+    assert {e.file: e.sha256 for e in _published(registry)} == table
+    for entry in _published(registry):
         assert sha((SMICNET_DIR / entry.file).read_bytes()) == entry.sha256
 
 
@@ -396,7 +419,7 @@ def test_register_user_model(tmp_path):
 def test_published_weights_found_in_a_model_dir(dirs, monkeypatch):
     monkeypatch.setenv("COCHLEA_TOOLKIT_MODEL_DIRS", str(SMICNET_DIR))
     registry = ModelRegistry.load()
-    assert [s.state for s in registry.status()] == ["ok"] * 6
+    assert [s.state for s in registry.status()] == ["ok"] * len(registry.entries)
     assert registry.resolve("smicnet-published-7") == SMICNET_DIR / "model_epoch_100_7volumes_authorprovided.h5"
 
 
@@ -405,9 +428,10 @@ def test_published_weights_found_in_a_model_dir(dirs, monkeypatch):
 def test_published_weights_download_offline_with_injected_fetcher(dirs):
     registry = ModelRegistry.load()
     fetcher = CopyFetcher(source_dir=SMICNET_DIR)
-    for entry in registry.entries:
+    for entry in _published(registry):
         found = registry.locate(entry.id, allow_download=True, fetcher=fetcher)
         assert found.origin == "downloaded"
         assert found.path == dirs / "cache" / "models" / f"{entry.id}-v1.0" / entry.file
-    assert fetcher.urls == [e.url for e in registry.entries]
-    assert [s.origin for s in registry.status()] == ["cache"] * 6
+    assert fetcher.urls == [e.url for e in _published(registry)]
+    origins = {s.entry.id: s.origin for s in registry.status()}
+    assert [origins[e.id] for e in _published(registry)] == ["cache"] * 6 and origins["smicnet-phantom"] == "bundled"
