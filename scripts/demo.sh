@@ -16,6 +16,12 @@ echo "== a CT phantom of a left temporal bone (0.3 mm, exact ground truth, previ
 "$COCHLEA" phantom --kind ct --seed 7 --spacing 0.3 --side left --out "$OUT" --preview --meshes
 CASE="$OUT/phantom_ct_00007"
 
+echo "== landmarks from the phantom's rough seed click (SMICNet, bundled smicnet-phantom weights, CPU)"
+"$COCHLEA" landmarks "$CASE/phantom_ct_00007.nrrd" --seed "$CASE/phantom_ct_00007_seed.fcsv" --out "$OUT/landmarks" \
+  --device cpu
+"$COCHLEA" convert "$OUT/landmarks/landmarks.fcsv" "$OUT/landmarks/landmarks_ras.fcsv" --coordinate-system RAS
+echo "   ground truth: $CASE/phantom_ct_00007_landmarks.fcsv; report: $OUT/landmarks/report.json"
+
 echo "== format conversions a researcher needs in batch"
 "$COCHLEA" convert "$CASE/phantom_ct_00007.nrrd" "$OUT/volume.nii.gz"
 "$COCHLEA" convert "$CASE/phantom_ct_00007_landmarks.fcsv" "$OUT/landmarks.mrk.json"
@@ -24,4 +30,5 @@ echo "== format conversions a researcher needs in batch"
 
 echo "== done: $OUT"
 ls -1 "$OUT" "$CASE"
-echo "Open $CASE/preview.png, or load $CASE/phantom_ct_00007.nrrd and its _landmarks.fcsv in Slicer."
+echo "Open $CASE/preview.png, or load $CASE/phantom_ct_00007.nrrd with $OUT/landmarks/landmarks.fcsv, the"
+echo "probability_*.nrrd maps and the ground truth $CASE/phantom_ct_00007_landmarks.fcsv in Slicer."
