@@ -237,3 +237,25 @@ def test_outputs_round_trip_in_lps_and_leave_nothing_half_written(tmp_path):
         write_landmark_outputs(result, tmp_path / "out")
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
     assert after == before
+
+
+# --- GPU patch path (run on the CPU here: same code, same numbers) ------------------------------------------
+
+def test_patches_cut_by_torch_equal_the_numpy_patches_and_probabilities():
+    """On a GPU the sweep cuts and quantises patches with torch on the device; that path must give exactly
+    the patches of the numpy path (and so the same probabilities)."""
+    torch = pytest.importorskip("torch")
+    from CochleaLandmarksLib.smicnet_model import build_smicnet
+    from CochleaLandmarksLib.smicnet_sweep import classify_voxels, smicnet_classifier
+
+    torch.manual_seed(0)
+    image = _volume(FLIPPED, 0.25, size_mm=30.0)  # resampled to 0.3 mm, left-handed grid
+    source = PatchSource(image, P, 9, centre_offset_vox=(0, 1, 1))
+    ijk = np.stack(np.unravel_index(np.arange(0, 9 ** 3, 7), (9, 9, 9)), axis=1)
+    np.testing.assert_array_equal(source.patches_torch(ijk, torch.device("cpu")).numpy(), source.patches(ijk))
+    model = build_smicnet("cpu")
+    on_numpy = smicnet_classifier(model)
+    on_torch = smicnet_classifier(model)
+    on_torch.torch_device = torch.device("cpu")  # what a CUDA model sets; forces the torch path here
+    np.testing.assert_allclose(classify_voxels(source, on_torch, ijk), classify_voxels(source, on_numpy, ijk),
+                               atol=1e-6)
