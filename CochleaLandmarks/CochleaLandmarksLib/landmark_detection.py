@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 METHODS = ("smicnet",)
 MODES = ("fast", "parity")
 DEFAULT_MODELS = {"smicnet": "smicnet-phantom"}
+#: File name of the per-user registry that ``--register`` writes (in the cache root).
+USER_REGISTRY_NAME = "user-models.json"
 #: Above this voxel size the network sees too little detail; we warn (the issue's 0.6 mm).
 COARSE_SPACING_MM = 0.6
 #: Smallest volume edge (voxels) we accept: below it the image is a slice or a thumbnail, not a CT.
@@ -56,8 +58,26 @@ def load_detector(method: str = "smicnet", model: str | os.PathLike | None = Non
     """
     _check_choice(method, METHODS, "landmark method")
     chosen = str(model) if model is not None else DEFAULT_MODELS[method]
+    if registry is None:
+        registry = registry_for(chosen)
     return load_smicnet_detector(chosen, device=device, registry=registry, allow_download=allow_download,
                                  progress=Progress.ensure(progress))
+
+
+def registry_for(model: str) -> ModelRegistry:
+    """The extension's registry, or the per-user registry of models trained here (``cochlea train ...
+    --register``) when only that one knows the id, so a model trained on this computer is used by id."""
+    bundled = ModelRegistry.load()
+    if model in bundled or Path(model).suffix:
+        return bundled
+    from CochleaCommonLib.model_registry import default_cache_root
+
+    user_path = default_cache_root() / USER_REGISTRY_NAME
+    if user_path.is_file():
+        user = ModelRegistry.load(user_path)
+        if model in user:
+            return user
+    return bundled
 
 
 def validate_image(image: Image) -> list[str]:

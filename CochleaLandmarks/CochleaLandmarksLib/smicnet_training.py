@@ -472,7 +472,9 @@ def user_registry_path() -> Path:
     Load it with ``ModelRegistry.load(user_registry_path())`` (or ``--registry`` on the command line); its
     weights live in the per-user model cache, ``<cache root>/models/<id>-v<version>/``.
     """
-    return default_cache_root() / "user-models.json"
+    from .landmark_detection import USER_REGISTRY_NAME
+
+    return default_cache_root() / USER_REGISTRY_NAME
 
 
 def register_trained_model(model_path: Path, entry: ModelEntry, registry_path: str | os.PathLike | None = None

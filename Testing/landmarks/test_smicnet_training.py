@@ -275,6 +275,11 @@ def test_tiny_training_writes_loadable_outputs_and_registers(phantom_dir, tmp_pa
     registry = ModelRegistry.load(st.user_registry_path())
     assert registry.locate("smicnet-test").sha256 == entry.sha256
     assert result.registry_path == st.user_registry_path()
+    # ... and detection finds a model trained here by its id alone (cochlea landmarks --model smicnet-test)
+    from CochleaLandmarksLib.landmark_detection import load_detector
+
+    detector = load_detector(model="smicnet-test", device="cpu")
+    assert detector.model_id == "smicnet-test" and detector.landmark_pixel == 40
 
 
 def test_early_stopping_restores_the_best_weights(phantom_dir, tmp_path, monkeypatch):
