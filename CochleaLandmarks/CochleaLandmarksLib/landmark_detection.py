@@ -181,9 +181,10 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
             missing[name] = out.get("reasons", {}).get(name) or (
                 f"no region scored above {thr:g} for {name} within {out['box_mm'] / 2:.1f} mm of the seed")
     if all(p is None for p in positions.values()):
+        why = missing.get("Modiolus base", "no landmark scored above threshold")
         raise InvalidInputError(
             f"No cochlea found within {out['box_mm'] / 2:.1f} mm of the seed (R {seed[0]:.1f}, A {seed[1]:.1f}, "
-            f"S {seed[2]:.1f}): no landmark scored above threshold. Place the seed on the cochlea and run again.")
+            f"S {seed[2]:.1f}): {why}. Place the seed on the cochlea and run again.")
     timings = {"load_model": load_seconds, **out["timings"]}
     maps: dict[str, Image] = {}
     if output_maps:

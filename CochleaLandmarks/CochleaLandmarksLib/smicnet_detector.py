@@ -39,6 +39,8 @@ FAST_STRIDES = (3, 1)
 FAST_KEEP = 0.05
 #: Island threshold per landmark in fast mode.
 FAST_THRESHOLD = 0.5
+#: Fast mode trusts the other landmarks only when this one, the centre of the cochlea, is found.
+ANCHOR = "Modiolus base"
 #: Statistics for the metal test are taken from this cube around the seed in fast mode (whole volume in parity).
 FAST_METAL_REGION_MM = 50.0
 #: The pixel of an 81x81 patch at which each kind of weights was trained to see the landmark.
@@ -160,6 +162,18 @@ def smicnet_maps(image: Image, seed_ras: np.ndarray, detector: LoadedDetector, *
             if isl is None and islands[name]:
                 reasons[name] = (f"{len(islands[name])} region(s) scored above {FAST_THRESHOLD:g} for {name}, but none "
                                  "is weighty enough and at an anatomically possible distance from the other landmarks")
+        if found[ANCHOR][0] is None and any(position is not None for position, _ in found.values()):
+            # Without the modiolus base, the centre of the cochlea, other "landmarks" are mostly look-alikes
+            # (canals, ossicles) around a seed placed beside the cochlea: report nothing rather than guess.
+            others = [name for name, (position, _) in found.items() if position is not None]
+            for name in others:
+                reasons[name] = (f"a region scored as {name}, but the {ANCHOR}, the centre of the cochlea, was not "
+                                 "found near it, so it is not trusted")
+                found[name] = (None, 0.0)
+            base = reasons.get(ANCHOR, f"no region scored above {FAST_THRESHOLD:g} for {ANCHOR}")
+            verb = "is" if len(others) == 1 else "are"
+            reasons[ANCHOR] = (f"{base}; the {ANCHOR} is the centre of the cochlea, so the {' and '.join(others)} "
+                               f"found without it {verb} not trusted")
     timings["extract"] = time.perf_counter() - t2
     notes = ["Metal artefacts were detected; voxels brighter than the metal threshold were set to 0 (as the "
              "SMICNet authors do)."] if metal else []

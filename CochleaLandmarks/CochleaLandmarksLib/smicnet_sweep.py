@@ -34,7 +34,7 @@ from .smicnet_preprocess import quantize_patches
 HALF = PATCH_SIZE // 2  # 40
 LANDMARK_NAMES = tuple(CLASS_NAMES[:3])
 SPACING_TOLERANCE = 0.01  # relative; within it the volume is used as is (no interpolation)
-GPU_BATCH = 4096  # patches per classifier call when patches are cut on the GPU
+GPU_BATCH = 1024  # patches per classifier call on a GPU: about 0.5 GB of activations, fits a laptop GPU
 
 Classifier = Callable[[np.ndarray], Any]
 
@@ -152,7 +152,7 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
     probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
     torch_device = getattr(classifier, "torch_device", None)
     if torch_device is not None:
-        batch_size = max(batch_size, GPU_BATCH)  # a GPU wants large batches; 4096 patches are 107 MB
+        batch_size = max(batch_size, GPU_BATCH)  # a GPU wants large batches
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         if torch_device is not None:

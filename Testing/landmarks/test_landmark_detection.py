@@ -45,9 +45,23 @@ def _volume(direction: np.ndarray, spacing: float, *, blob: bool = True, size_mm
     return image.with_array(image.array + np.float32(200.0))
 
 
-def _detector(row: int = 40, col: int = 40, landmark_pixel: int = 40, calls: list | None = None) -> LoadedDetector:
+def _class_oracle(row: int, col: int, cls: int, calls: list | None = None):
+    """Like the sweep tests' oracle, but reporting landmark class ``cls`` (0 apex, 1 basal, 2 round window)."""
+    base = _oracle(row, col, calls)
+
+    def classify(batch: np.ndarray) -> np.ndarray:
+        out = base(batch)
+        out[:, [0, cls]] = out[:, [cls, 0]]
+        return out
+
+    return classify
+
+
+def _detector(row: int = 40, col: int = 40, landmark_pixel: int = 40, calls: list | None = None,
+              cls: int = 1) -> LoadedDetector:
+    """An oracle detector that finds the blob as the Modiolus base (fast mode needs that landmark)."""
     det = LoadedDetector("smicnet", "oracle", "cpu", network=None, load_seconds=0.0, landmark_pixel=landmark_pixel)
-    det._classifier = _oracle(row, col, calls)
+    det._classifier = _class_oracle(row, col, cls, calls)
     return det
 
 
@@ -143,21 +157,21 @@ def test_detect_puts_the_landmark_at_the_blob(direction, pixel):
     image = _volume(direction, 0.3, size_mm=30.0)
     seed = P + np.array([1.2, -0.9, 0.6])
     result = detect_landmarks(image, seed, detector=_detector(pixel, pixel, landmark_pixel=pixel), roi_mm=8.0)
-    assert np.linalg.norm(result.positions_ras["Helicotrema"] - P) < 0.15
-    assert result.confidences["Helicotrema"] > 0.9
+    assert np.linalg.norm(result.positions_ras["Modiolus base"] - P) < 0.15
+    assert result.confidences["Modiolus base"] > 0.9
     # The oracle never reports the other two: missing, with a reason, never a made-up point.
-    for name in ("Modiolus base", "Round Window"):
+    for name in ("Helicotrema", "Round Window"):
         assert result.positions_ras[name] is None and "no region scored above" in result.missing_reasons[name]
-    assert result.points().labels == ["Helicotrema"]
+    assert result.points().labels == ["Modiolus base"]
     # The map is on the input's own lattice (same axes and spacing, voxels coinciding with input voxels) and
     # peaks at P.
-    prob = result.probability_maps["Helicotrema"]
+    prob = result.probability_maps["Modiolus base"]
     np.testing.assert_allclose(prob.ijk_to_ras[:3, :3], image.ijk_to_ras[:3, :3], atol=1e-9)
     shift = image.ras_to_continuous_index(prob.index_to_ras([0, 0, 0]))
     np.testing.assert_allclose(shift, np.round(shift), atol=1e-6)
     peak = np.unravel_index(np.argmax(prob.array), prob.array.shape)
     assert np.linalg.norm(prob.index_to_ras(np.array(peak[::-1], dtype=float)) - P) < 0.35
-    assert result.report()["landmarks"][0]["found"] is True
+    assert [lm["found"] for lm in result.report()["landmarks"]] == [False, True, False]
 
 
 def test_maps_on_input_lattice_cover_the_box_on_a_translated_anisotropic_volume():
@@ -178,6 +192,15 @@ def test_no_cochlea_found_is_an_error_not_a_guess():
     image = _volume(OBLIQUE, 0.3, blob=False, size_mm=30.0)
     with pytest.raises(InvalidInputError, match=r"No cochlea found within 4\.\d mm of the seed"):
         detect_landmarks(image, P, detector=_detector(), roi_mm=9.0)
+
+
+def test_landmarks_without_the_modiolus_base_are_not_trusted():
+    """A seed beside the cochlea finds look-alikes (canals, ossicles) as apex or round window but never the
+    modiolus base: fast mode then reports no cochlea rather than those points."""
+    image = _volume(OBLIQUE, 0.3, size_mm=30.0)
+    with pytest.raises(InvalidInputError, match="No cochlea .*the Helicotrema found without it is not trusted"):
+        detect_landmarks(image, P, detector=_detector(cls=0), roi_mm=8.0)
+    assert detect_landmarks(image, P, detector=_detector(cls=1), roi_mm=8.0).found_names == ["Modiolus base"]
 
 
 def test_seed_outside_and_non_ct_volumes_are_refused_before_any_work():
@@ -218,17 +241,17 @@ def test_outputs_round_trip_in_lps_and_leave_nothing_half_written(tmp_path):
     assert "# CoordinateSystem = LPS" in text
     row = [line for line in text.splitlines() if not line.startswith("#")][0].split(",")
     np.testing.assert_allclose(lps_to_ras(np.array([float(v) for v in row[1:4]])),
-                               result.positions_ras["Helicotrema"], atol=1e-3)
+                               result.positions_ras["Modiolus base"], atol=1e-3)
     for path in (paths["fcsv"], paths["mrk.json"]):
         back = read_markups(path)
-        assert back.labels == ["Helicotrema"]
-        np.testing.assert_allclose(back.positions_ras[0], result.positions_ras["Helicotrema"], atol=1e-3)
+        assert back.labels == ["Modiolus base"]
+        np.testing.assert_allclose(back.positions_ras[0], result.positions_ras["Modiolus base"], atol=1e-3)
     assert json.loads(paths["mrk.json"].read_text())["markups"][0]["coordinateSystem"] == "LPS"
     report = json.loads(paths["report"].read_text())
     assert [lm["label"] for lm in report["landmarks"]] == list(LANDMARK_NAMES)
     assert report["model"] == "oracle" and report["device"] == "cpu" and "total" in report["timings_s"]
-    prob = read_image(paths["probability_Helicotrema"])
-    np.testing.assert_allclose(prob.ijk_to_ras, result.probability_maps["Helicotrema"].ijk_to_ras, atol=1e-5)
+    prob = read_image(paths["probability_Modiolus_base"])
+    np.testing.assert_allclose(prob.ijk_to_ras, result.probability_maps["Modiolus base"].ijk_to_ras, atol=1e-5)
 
     # A failure while writing leaves the previous results as they were and no temporary folder.
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
