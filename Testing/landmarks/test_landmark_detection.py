@@ -282,3 +282,16 @@ def test_patches_cut_by_torch_equal_the_numpy_patches_and_probabilities():
     on_torch.torch_device = torch.device("cpu")  # what a CUDA model sets; forces the torch path here
     np.testing.assert_allclose(classify_voxels(source, on_torch, ijk), classify_voxels(source, on_numpy, ijk),
                                atol=1e-6)
+
+
+def test_hot_region_growth_equals_cubes_around_each_hot_voxel():
+    from CochleaLandmarksLib.smicnet_sweep import _dilate_box
+
+    mask = np.random.default_rng(3).random((17, 19, 23)) > 0.995
+    mask[0, 0, 0] = mask[-1, -1, -1] = True  # the borders
+    expected = np.zeros_like(mask)
+    for p in np.argwhere(mask):
+        lo, hi = np.maximum(p - 3, 0), np.minimum(p + 4, mask.shape)
+        expected[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+    np.testing.assert_array_equal(_dilate_box(mask, 3), expected)
+    np.testing.assert_array_equal(_dilate_box(mask, 0), mask)
