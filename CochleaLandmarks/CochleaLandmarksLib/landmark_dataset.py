@@ -38,7 +38,8 @@ class LandmarkCase:
     seed_path: Path | None = None
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
+    """``X`` for ``X.nii.gz``, ``X.nrrd``, ``X.mrk.json``: the name without its format-defining extension."""
     suffix = full_suffix(path)
     return path.name[: len(path.name) - len(suffix)] if suffix else path.stem
 
@@ -64,7 +65,7 @@ def find_landmark_cases(data_dir: str | os.PathLike) -> list[LandmarkCase]:
     for path in sorted(root.rglob("*")):
         if not path.is_file() or full_suffix(path).lower() not in VOLUME_SUFFIXES:
             continue
-        stem = _stem(path)
+        stem = file_stem(path)
         if any(stem.lower().endswith(m) for m in _LABEL_MARKERS):
             continue
         landmarks = _first_existing(path.parent, _LANDMARK_PATTERNS, stem)

@@ -46,13 +46,7 @@ def h5_path(tag: str) -> Path:
     return SMICNET_DIR / f"model_epoch_100_{tag}_authorprovided.h5"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small forward passes on one thread: on a busy 2-core CI machine OpenMP spinning makes them 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,7 @@ NAMES = CLASS_NAMES[:3]
 TINY = dict(epochs=2, steps_per_epoch=2, batch_size=8, val_samples=16, patience=5, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small passes on one thread: on a busy 2-core CI machine OpenMP spinning makes them much slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,17 @@ from typing import Any
 from ..progress import Progress, TextProgressBar
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1, with a message that says what was wrong."""
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_registry_argument(parser: argparse.ArgumentParser) -> None:
     """``--registry PATH``: use another models.json than the bundled one (project-trained or test registries)."""
     parser.add_argument("--registry", type=Path, default=None, metavar="PATH",

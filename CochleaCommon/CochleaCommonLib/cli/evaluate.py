@@ -15,7 +15,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ._common import add_registry_argument, cli_progress, load_registry, print_json
+from ._common import add_registry_argument, cli_progress, load_registry, positive_int, print_json
 
 #: Kept in step with ``CochleaLandmarksLib.landmark_detection`` (checked by the tests); duplicated so that
 #: ``cochlea --help`` does not import the landmark package.
@@ -33,16 +33,6 @@ def _offset_range(text: str) -> tuple[float, float]:
     if len(values) != 2 or not 0.0 <= values[0] <= values[1]:
         raise argparse.ArgumentTypeError(f"expected MIN,MAX in mm with 0 <= MIN <= MAX (for example 1,5), got {text!r}")
     return values[0], values[1]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", action="append", choices=MODE_CHOICES, default=None,
                    help="fast or parity; repeat to run both (default: fast)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="PyTorch CPU threads")
-    p.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="evaluate only the first N cases")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="PyTorch CPU threads")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="evaluate only the first N cases")
     p.add_argument("--seed-offset-mm", type=_offset_range, default=(1.0, 5.0), metavar="MIN,MAX",
                    help="for cases without a seed file: distance of the simulated click from the landmark "
                         "centroid, drawn uniformly (default: 1,5)")

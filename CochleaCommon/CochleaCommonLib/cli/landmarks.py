@@ -119,7 +119,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _volume_name(path: Path) -> str:
-    from ..atomic import full_suffix
+    from CochleaLandmarksLib.landmark_dataset import file_stem
 
-    suffix = full_suffix(path)
-    return path.name[: len(path.name) - len(suffix)] if suffix and path.is_file() else path.name
+    return file_stem(path) if path.is_file() else path.name  # a DICOM folder keeps its name

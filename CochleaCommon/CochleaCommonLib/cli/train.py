@@ -12,17 +12,7 @@ import sys
 from pathlib import Path
 
 from ..errors import MissingDependencyError
-from ._common import cli_progress
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from ._common import cli_progress, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,18 +33,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", default="smicnet-custom", help="model id (lower case, digits, . _ -; "
                                                                "default: smicnet-custom)")
     p.add_argument("--model-version", dest="model_version", default="1.0", help="model version (default: 1.0)")
-    p.add_argument("--epochs", type=_positive_int, default=60, help="maximum epochs (default: 60)")
-    p.add_argument("--steps-per-epoch", type=_positive_int, default=200, help="batches per epoch (default: 200)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="patches per batch (default: 128)")
+    p.add_argument("--epochs", type=positive_int, default=60, help="maximum epochs (default: 60)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=200, help="batches per epoch (default: 200)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="patches per batch (default: 128)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 0.001)")
     p.add_argument("--optimizer", choices=("adam", "rmsprop"), default="adam", help="optimizer (default: adam)")
     p.add_argument("--schedule", choices=("cosine", "plateau"), default="cosine",
                    help="learning-rate schedule: warm-up + cosine, or reduce by 0.8 on plateau (default: cosine)")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="fraction of the cases held out for validation (default: 0.2)")
-    p.add_argument("--val-samples", type=_positive_int, default=2048,
+    p.add_argument("--val-samples", type=positive_int, default=2048,
                    help="size of the fixed validation patch set (default: 2048)")
-    p.add_argument("--patience", type=_positive_int, default=12,
+    p.add_argument("--patience", type=positive_int, default=12,
                    help="stop after this many epochs without a better validation loss (default: 12)")
     p.add_argument("--background-fraction", type=float, default=0.5,
                    help="share of background patches in each batch (default: 0.5)")
@@ -65,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--init", default=None, metavar="ID|FILE",
                    help="start from these weights (a registry id such as smicnet-published-5, or a file)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for PyTorch")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--register", action="store_true",
                    help="also install the model in the per-user cache and the user registry")
     p.set_defaults(handler=run_smicnet)
