@@ -112,3 +112,44 @@ def read_seed(path: str | os.PathLike) -> np.ndarray:
     if len(points) == 0:
         raise InvalidInputError(f"The seed file {path} has no point; place one point on the cochlea.")
     return np.asarray(points.positions_ras[0], dtype=np.float64)
+
+
+#: Head volumes (seed-free training): one landmark file per ear present, named by side.
+_SIDE_PATTERNS = {side: (f"{{stem}}_{side}_landmarks.fcsv", f"{{stem}}_{side}_landmarks.mrk.json")
+                  for side in ("left", "right")}
+
+
+@dataclass(frozen=True)
+class HeadCase:
+    """A volume in which *every* cochlea is annotated, one file per side (``X_left_landmarks.fcsv``, ...)."""
+
+    case_id: str
+    volume_path: Path
+    landmark_paths: tuple[Path, ...]
+    sides: tuple[str, ...]
+
+
+def find_head_cases(data_dir: str | os.PathLike) -> list[HeadCase]:
+    """Every volume under ``data_dir`` with ``X_left_landmarks.fcsv`` and/or ``X_right_landmarks.fcsv``.
+
+    Why a naming rule per side: the global pass learns "a cochlea is here" and "nothing is here"
+    from the same volume, so an ear left unannotated would teach it to ignore real cochleae; a
+    side's file states that ear was annotated. Raises :class:`InputFileError` when none is found.
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputFileError(f"The head data folder {root} does not exist or is not a folder.")
+    cases = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or full_suffix(path).lower() not in VOLUME_SUFFIXES:
+            continue
+        stem = file_stem(path)
+        found = {side: _first_existing(path.parent, patterns, stem) for side, patterns in _SIDE_PATTERNS.items()}
+        found = {side: p for side, p in found.items() if p is not None}
+        if found:
+            cases.append(HeadCase(stem, path, tuple(found.values()), tuple(found)))
+    if not cases:
+        raise InputFileError(
+            f"No head volume was found in {root}. Each volume X.nrrd needs one landmark file per ear it shows, "
+            "X_left_landmarks.fcsv and/or X_right_landmarks.fcsv, with every cochlea in the volume annotated.")
+    return sorted(cases, key=lambda c: c.case_id)

@@ -25,14 +25,15 @@ from CochleaCommonLib.markups_io import write_markups
 from CochleaCommonLib.model_registry import ModelRegistry
 from CochleaCommonLib.progress import Progress, ProgressCallback
 
+from .detector_inference import Detector3D, detector_maps, load_3d_detector
 from .landmark_result import LANDMARK_NAMES, LandmarkResult, probability_file_stem
 from .smicnet_detector import LoadedDetector, load_smicnet_detector, smicnet_maps
 
 log = logging.getLogger(__name__)
 
-METHODS = ("smicnet",)
+METHODS = ("smicnet", "detector")
 MODES = ("fast", "parity")
-DEFAULT_MODELS = {"smicnet": "smicnet-phantom"}
+DEFAULT_MODELS = {"smicnet": "smicnet-phantom", "detector": "detector-phantom"}
 #: File name of the per-user registry that ``--register`` writes (in the cache root).
 USER_REGISTRY_NAME = "user-models.json"
 #: Above this voxel size the network sees too little detail; we warn (the issue's 0.6 mm).
@@ -49,8 +50,8 @@ def _check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
 
 def load_detector(method: str = "smicnet", model: str | os.PathLike | None = None, *, device: str = "auto",
                   registry: ModelRegistry | None = None, allow_download: bool = False,
-                  progress: Progress | ProgressCallback | None = None) -> LoadedDetector:
-    """Load the network of ``method`` (``model``: registry id or weight file; None = the bundled default).
+                  progress: Progress | ProgressCallback | None = None) -> LoadedDetector | Detector3D:
+    """Load the network(s) of ``method`` (``model``: registry id or weight file; None = the bundled default).
 
     Keep the returned detector and pass it to :func:`detect_landmarks` to process many volumes without
     reloading. Raises :class:`ModelWeightsError` for missing or corrupt weights and
@@ -60,6 +61,9 @@ def load_detector(method: str = "smicnet", model: str | os.PathLike | None = Non
     chosen = str(model) if model is not None else DEFAULT_MODELS[method]
     if registry is None:
         registry = registry_for(chosen)
+    if method == "detector":
+        return load_3d_detector(chosen, device=device, registry=registry, allow_download=allow_download,
+                                progress=Progress.ensure(progress))
     return load_smicnet_detector(chosen, device=device, registry=registry, allow_download=allow_download,
                                  progress=Progress.ensure(progress))
 
@@ -128,7 +132,7 @@ def validate_seed(image: Image, seed_ras: Any) -> np.ndarray:
 
 
 def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
-                     model: str | os.PathLike | None = None, detector: LoadedDetector | None = None,
+                     model: str | os.PathLike | None = None, detector: LoadedDetector | Detector3D | None = None,
                      mode: str = "fast", device: str = "auto", roi_mm: float | None = None,
                      registry: ModelRegistry | None = None, allow_download: bool = False,
                      output_maps: bool = True,
@@ -138,9 +142,12 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
     Args:
         image: CT or cone-beam CT, any orientation and spacing.
         seed_ras: a rough click on the cochlea, up to about 5 mm from it.
-        method: one of ``METHODS``.
-        model / detector: a registry id or weight file, or an already loaded detector (for loops).
-        mode: ``fast`` (coarse-to-fine, corrected centring) or ``parity`` (the authors' exact procedure).
+        method: one of ``METHODS``: ``smicnet`` (2D patch classifier swept over the region) or ``detector``
+            (3D heatmap and displacement network, coarse then fine pass).
+        model / detector: a registry id or weight file, or an already loaded detector (for loops; its
+            method wins over ``method``).
+        mode: SMICNet only: ``fast`` (coarse-to-fine, corrected centring) or ``parity`` (the authors' exact
+            procedure). The 3D detector has one mode, ``fast``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ignored when ``detector`` is given).
         roi_mm: edge of the searched cube in fast mode (default ``FAST_BOX_MM``); parity mode is fixed.
         output_maps: resample the probability maps onto the input's lattice (skip for pure accuracy runs).
@@ -152,8 +159,13 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
     within N mm of the seed") and for invalid inputs, before any heavy work.
     """
     t_start = time.perf_counter()
+    if detector is not None:
+        method = detector.method
     _check_choice(method, METHODS, "landmark method")
     _check_choice(mode, MODES, "mode")
+    if method == "detector" and mode != "fast":
+        raise InvalidInputError("The 3D detector has no parity mode (that reproduces SMICNet's published sweep); "
+                                "use mode 'fast' or the SMICNet method.")
     if roi_mm is not None and not (5.0 <= float(roi_mm) <= 60.0):
         raise InvalidInputError(f"The search region size must be 5 to 60 mm, not {roi_mm} mm.")
     warnings = validate_image(image)
@@ -167,7 +179,13 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
         load_seconds = 0.0
     warnings += detector.messages
     prog.check()
-    out = smicnet_maps(image, seed, detector, mode=mode, box_mm=roi_mm, progress=prog.sub(0.0, 0.9))
+    if method == "detector":
+        if roi_mm is not None:
+            warnings.append(f"The 3D detector searches its own fixed cube; the search region of {roi_mm} mm applies "
+                            "to SMICNet only and was ignored.")
+        out = detector_maps(image, seed, detector, progress=prog.sub(0.0, 0.9))
+    else:
+        out = smicnet_maps(image, seed, detector, mode=mode, box_mm=roi_mm, progress=prog.sub(0.0, 0.9))
     warnings += out["notes"]
     positions: dict[str, np.ndarray | None] = {}
     confidences: dict[str, float] = {}
@@ -198,6 +216,76 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
                           seed_ras=seed, positions_ras=positions, confidences=confidences, probability_maps=maps,
                           timings=timings, patches=int(out["patches"]), warnings=warnings,
                           missing_reasons=missing, search_box_mm=float(out["box_mm"]))
+
+
+def detect_cochleae(image: Image, *, model: str | os.PathLike | None = None, detector: Detector3D | None = None,
+                    device: str = "auto", registry: ModelRegistry | None = None, allow_download: bool = False,
+                    output_maps: bool = True,
+                    progress: Progress | ProgressCallback | None = None) -> list[LandmarkResult]:
+    """Seed-free mode of the 3D detector: every cochlea in ``image`` (one result per ear, named by side).
+
+    A head CT is searched by the detector's global pass, a temporal-bone CT (every edge <= 64 mm) by
+    tiling the coarse pass (see :mod:`detector_seedfree`); each candidate runs the seeded detection, and
+    what confirms a Modiolus base is an ear. Results are ordered right ear first; ``side`` is ``right``,
+    ``left`` or None (one ear whose three landmarks were not all found). Raises :class:`InvalidInputError`
+    "No cochlea found in the volume" when there is none, rather than guessing.
+    """
+    from .detector_seedfree import find_candidates, side_of_ear
+
+    t_start = time.perf_counter()
+    warnings = validate_image(image)
+    prog = Progress.ensure(progress)
+    load_seconds = 0.0
+    if detector is None:
+        prog.update(0.0, "Loading the model")
+        detector = load_detector("detector", model, device=device, registry=registry, allow_download=allow_download)
+        load_seconds = detector.load_seconds
+    if detector.method != "detector":
+        raise InvalidInputError("Seed-free detection needs the 3D detector (method 'detector'); SMICNet needs a seed.")
+    candidates, info = find_candidates(image, detector, prog.sub(0.0, 0.3))
+    results: list[LandmarkResult] = []
+    for n, (point, _score) in enumerate(candidates):
+        prog.check()
+        try:
+            inside = validate_seed(image, point)
+        except InvalidInputError:
+            continue
+        try:
+            result = detect_landmarks(image, inside, detector=detector, output_maps=output_maps,
+                                      progress=prog.sub(0.3 + 0.7 * n / len(candidates),
+                                                        0.3 + 0.7 * (n + 1) / len(candidates)))
+        except InvalidInputError:
+            continue  # the local passes found no cochlea there: a look-alike, not an ear
+        base = result.positions_ras["Modiolus base"]
+        if base is None or any(np.linalg.norm(base - r.positions_ras["Modiolus base"]) < 15.0 for r in results):
+            continue
+        result.seed_free = True
+        result.timings["find_candidates"] = info["seconds"] if n == 0 else 0.0
+        result.warnings = warnings + [w for w in result.warnings if w not in warnings]
+        results.append(result)
+        if len(results) == 2:
+            break
+    if not results:
+        raise InvalidInputError(
+            f"No cochlea found in the volume ({info['how']}, {len(candidates)} candidate region(s) checked, none "
+            "confirmed by the local passes). If the volume shows a cochlea, place a seed on it and run the seeded "
+            "detection.")
+    if len(results) == 2:
+        results.sort(key=lambda r: -float(r.positions_ras["Modiolus base"][0]))
+        results[0].side, results[1].side = "right", "left"
+    else:
+        results[0].side = side_of_ear(results[0].positions_ras)
+    total = time.perf_counter() - t_start
+    for r in results:
+        r.timings["load_model"] = load_seconds
+        r.timings["seed_free_total"] = total
+    prog.update(1.0, f"{len(results)} cochlea(e) found")
+    return results
+
+
+def ear_name(result: LandmarkResult, base: str = "Landmarks") -> str:
+    """``Landmarks right`` / ``Landmarks left`` for a seed-free result, ``base`` for a seeded one."""
+    return f"{base} {result.side}" if result.side else (f"{base} (side unknown)" if result.seed_free else base)
 
 
 def maps_on_input_lattice(image: Image, prob: Image) -> Image:

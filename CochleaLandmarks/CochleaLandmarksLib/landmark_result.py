@@ -30,8 +30,8 @@ class LandmarkResult:
     """What a detector found around one seed.
 
     Attributes:
-        method: detector name (``smicnet``).
-        mode: ``fast`` or ``parity``.
+        method: detector name (``smicnet`` or ``detector``).
+        mode: ``fast`` or ``parity`` (SMICNet); ``fast`` for the 3D detector.
         model_id: registry id of the weights, or the weight file's name when a file was given.
         device: torch device the network ran on (``cpu``, ``cuda`` ...).
         seed_ras: the seed point (RAS mm).
@@ -40,9 +40,11 @@ class LandmarkResult:
         probability_maps: landmark -> float32 probability :class:`Image` on the input volume's own
             lattice (same spacing and directions, cropped to the searched region).
         timings: seconds per stage (``load_model``, ``preprocess``, ``sweep``, ``extract``, ``total`` ...).
-        patches: number of 81x81 patches the classifier scored.
+        patches: number of 81x81 patches the classifier scored (0 for the 3D detector).
         warnings: sentences for the user (coarse spacing, device fallback, ...).
         missing_reasons: landmark -> why it has no point.
+        side: ``left`` or ``right`` when the seed-free mode named the ear (None for a seeded run).
+        seed_free: True when the seed was found by the detector's global pass, not clicked.
     """
 
     method: str
@@ -58,6 +60,8 @@ class LandmarkResult:
     warnings: list[str] = field(default_factory=list)
     missing_reasons: dict[str, str] = field(default_factory=dict)
     search_box_mm: float = 0.0
+    side: str | None = None
+    seed_free: bool = False
 
     @property
     def found_names(self) -> list[str]:
@@ -90,6 +94,8 @@ class LandmarkResult:
             "model": self.model_id,
             "device": self.device,
             "seed_ras": [round(float(v), 4) for v in self.seed_ras],
+            "seed_free": bool(self.seed_free),
+            "side": self.side,
             "search_box_mm": round(float(self.search_box_mm), 3),
             "landmarks": landmarks,
             "patches_scored": int(self.patches),

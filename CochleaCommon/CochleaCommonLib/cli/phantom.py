@@ -55,6 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--meshes", action="store_true", help="write surface meshes for every case")
     s.set_defaults(handler=run_suite)
 
+    h = subparsers.add_parser(
+        "phantom-head", help="make a synthetic head CT/CBCT with both ears (seed-free detection data)",
+        description="Generate a posed head with both temporal bones on a grid centred on the head (plus --offset), "
+                    "with one landmark file per ear inside the volume (OUT/<id>/<id>_left_landmarks.fcsv, ...).")
+    h.add_argument("--kind", choices=("ct", "cbct"), default="ct", help="image kind (default: ct)")
+    h.add_argument("--seed", type=int, default=0, help="case seed (default: 0)")
+    h.add_argument("--spacing", type=_spacing, default=[1.0], metavar="MM",
+                   help="voxel spacing in mm, one value or i,j,k, at most 1 (default: 1)")
+    h.add_argument("--fov", type=_spacing, default=[230.0, 230.0, 180.0], metavar="MM",
+                   help="field of view in mm, one value or i,j,k (default: 230,230,180)")
+    h.add_argument("--offset", type=_spacing, default=[0.0, 0.0, 0.0], metavar="MM",
+                   help="grid centre relative to the head centre, R,A,S in head axes (default: 0,0,0); "
+                        "e.g. 60,0,0 keeps only the right ear, 0,0,80 no ear")
+    h.add_argument("--out", type=Path, required=True, help="output folder; the case goes into OUT/<case id>/")
+    h.set_defaults(handler=run_head)
+
 
 def _one(values: list[float] | None):
     if values is None:
@@ -86,4 +102,22 @@ def run_suite(args: argparse.Namespace) -> int:
                                fov_mm=_one(args.fov))
     if not getattr(args, "quiet", False):
         print_json({"manifest": str(manifest), "count": args.count})
+    return 0
+
+
+def run_head(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError
+    from ..phantom.heads import generate_head_case, write_head_case
+
+    if len(args.offset) != 3:
+        raise InvalidInputError(f"--offset needs three values R,A,S in mm, got {args.offset}.")
+    with cli_progress(args) as progress:
+        progress.update(0.0, "Rendering the head")
+        case = generate_head_case(args.kind, args.seed, spacing=_one(args.spacing), fov_mm=_one(args.fov),
+                                  offset_mm=args.offset)
+        folder = write_head_case(case, args.out)
+        progress.update(1.0, "Written")
+    if not getattr(args, "quiet", False):
+        print_json({"case": case.case_id, "folder": str(folder), "ears": sorted(case.ears),
+                    "shape_ijk": case.info["shape_ijk"]})
     return 0
