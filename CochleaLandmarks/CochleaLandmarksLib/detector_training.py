@@ -49,7 +49,7 @@ from .detector_training_data import (
 )
 from .detector_weights import DETECTOR_FORMAT, TASK, save_detector_weights
 from .landmark_result import LANDMARK_NAMES
-from .smicnet_training import _lr_lambda, split_cases
+from .smicnet_training import _ID, _lr_lambda, split_cases
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,9 @@ class DetectorTrainingConfig:
     description: str = ""
 
     def validate(self) -> None:
+        if not _ID.match(self.model_id or "") or not _ID.match(self.version or ""):
+            raise InvalidInputError(f"The model id '{self.model_id}' and version '{self.version}' may only use "
+                                    "lower-case letters, digits, '.', '_' and '-' (they name the file and the model).")
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise InvalidInputError(f"Unknown detector pass(es) {unknown}; choose from {', '.join(STAGES)}.")
@@ -205,8 +208,17 @@ def train_detector(data: str | os.PathLike, out_dir: str | os.PathLike, config: 
                                 "X.nrrd and X_left_landmarks.fcsv / X_right_landmarks.fcsv.")
     prog = Progress.ensure(progress)
     device = resolve_device(cfg.device).name
+    previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    try:
+        return _train_all(cfg, data, out_dir, heads, base, device, prog)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_all(cfg: DetectorTrainingConfig, data: Any, out_dir: Any, heads: Any, base: Any, device: str,
+               prog: Progress) -> dict[str, Any]:
     start = time.perf_counter()
     networks: dict[str, Any] = {}
     geometries: dict[str, StageGeometry] = {name: STAGES[name] for name in cfg.stages}

@@ -260,7 +260,7 @@ def detect_cochleae(image: Image, *, model: str | os.PathLike | None = None, det
         if base is None or any(np.linalg.norm(base - r.positions_ras["Modiolus base"]) < 15.0 for r in results):
             continue
         result.seed_free = True
-        result.timings["find_candidates"] = info["seconds"] if n == 0 else 0.0
+        result.timings["find_candidates"] = info["seconds"] if not results else 0.0
         result.warnings = warnings + [w for w in result.warnings if w not in warnings]
         results.append(result)
         if len(results) == 2:

@@ -140,14 +140,18 @@ def _rows(table) -> list:
 # --- the module and the core agree --------------------------------------------------------------------
 def test_module_choices_match_the_core(module) -> None:
     from CochleaCommonLib.devices import DEVICE_CHOICES
-    from CochleaLandmarksLib import landmark_detection, smicnet_detector, smicnet_training
+    from CochleaLandmarksLib import detector_weights, landmark_detection, smicnet_detector, smicnet_training
 
     assert module.METHODS == landmark_detection.METHODS
+    assert set(module.MODEL_TASKS) == set(module.METHODS)
+    assert module.MODEL_TASKS["detector"] == detector_weights.TASK
     assert module.MODES == landmark_detection.MODES
     assert module.DEFAULT_ROI_MM == smicnet_detector.FAST_BOX_MM
     assert set(module.DEVICES) <= set(DEVICE_CHOICES)
     assert module.MODEL_TASKS["smicnet"] == smicnet_training.TASK
     assert module.CochleaLandmarksLogic.defaultModel() == landmark_detection.DEFAULT_MODELS["smicnet"]
+    for method in module.METHODS:
+        assert module.CochleaLandmarksLogic.defaultModel(method) == landmark_detection.DEFAULT_MODELS[method]
     parameters = module.CochleaLandmarksLogic().getParameterNode()
     assert parameters.roiSizeMm == module.DEFAULT_ROI_MM
     assert parameters.trainEpochs == smicnet_training.SmicnetTrainingConfig().epochs
