@@ -82,7 +82,7 @@ def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], si
 
     Returns a float32 tensor ``(len(cubes), 1, size, size, size)`` in KJI order on ``device``. Outside
     the volume the nearest edge voxel is repeated (a cube near the border sees a plausible continuation,
-    not a black wall).
+    not a black wall); a cube entirely outside the volume is the scaled value 0.
     """
     torch = require_torch()
     F = torch.nn.functional
@@ -99,7 +99,7 @@ def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], si
         cube_to_input = inv @ cube
         bounds = _block_bounds(cube_to_input, size, shape)
         if bounds is None:
-            out[n].fill_((0.0 - low) * scale)
+            out[n].fill_(float(np.clip((0.0 - low) * scale, *CLIP_RANGE)))
             continue
         lo, hi = bounds
         block = array[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]

@@ -54,10 +54,16 @@ def heat_peaks(heat: Any, threshold: float, min_separation_cells: int, limit: in
     F = torch.nn.functional
 
     t = heat if isinstance(heat, torch.Tensor) else torch.from_numpy(np.asarray(heat, dtype=np.float32))
-    size = 2 * int(min_separation_cells) + 1
-    pooled = F.max_pool3d(t[None, None], size, stride=1, padding=int(min_separation_cells))[0, 0]
+    sep = int(min_separation_cells)
+    pooled = F.max_pool3d(t[None, None], 2 * sep + 1, stride=1, padding=sep)[0, 0]
     keep = (t >= pooled) & (t >= threshold)
     idx = torch.nonzero(keep, as_tuple=False).numpy()
     values = t[keep].numpy()
-    order = np.argsort(-values)
-    return [(tuple(int(v) for v in idx[o]), float(values[o])) for o in order[:limit]]
+    peaks: list[tuple[tuple[int, int, int], float]] = []
+    for o in np.argsort(-values, kind="stable"):
+        # Greedy: a plateau (a saturated sigmoid gives exact ties) yields one peak, not one per tied cell.
+        if all(np.max(np.abs(idx[o] - np.array(p))) > sep for p, _ in peaks):
+            peaks.append((tuple(int(v) for v in idx[o]), float(values[o])))
+            if len(peaks) == limit:
+                break
+    return peaks

@@ -13,8 +13,9 @@ Why two ways to find them:
 Each seed then runs the ordinary seeded detection; what it confirms (a Modiolus base) is an ear.
 Side: with two ears, the one further to the patient's right (larger RAS x) is the right ear. With one,
 the landmark triangle's handedness decides: the normal (apex - base) x (round window - base) points
-superior in a left ear and inferior in a right one (a mirror image flips it; in every phantom pose up to
-30 deg its S component is beyond +-0.35), so the side needs no head outline.
+superior in a left ear and inferior in a right one (a mirror image flips it; it holds for every phantom
+pose up to 30 deg, though its S component can drop to about 0.16 at the worst pose), so the side needs no
+head outline.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ TILE_STEP_MM = 14.0
 CANDIDATE_THRESHOLD = 0.3
 #: Candidates closer than this (mm) are the same ear.
 SAME_EAR_MM = 20.0
+#: Below this |(apex - base) x (rw - base)| (mm^2; real cochleae give 10-20) the side is not named.
+MIN_TRIANGLE_MM2 = 1.0
 #: At most this many candidates are checked by the local passes.
 MAX_CANDIDATES = 4
 
@@ -135,6 +138,6 @@ def side_of_ear(positions: dict[str, np.ndarray | None]) -> str | None:
         return None
     normal = np.cross(np.asarray(apex) - base, np.asarray(rw) - base)
     norm = float(np.linalg.norm(normal))
-    if norm == 0.0:
-        return None
+    if norm < MIN_TRIANGLE_MM2:
+        return None  # landmarks (nearly) on a line: no handedness to read
     return "left" if normal[2] / norm > 0 else "right"

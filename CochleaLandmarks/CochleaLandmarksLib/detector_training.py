@@ -33,7 +33,7 @@ from CochleaCommonLib.atomic import atomic_output
 from CochleaCommonLib.devices import require_torch, resolve_device
 from CochleaCommonLib.downloads import sha256_file
 from CochleaCommonLib.errors import InvalidInputError
-from CochleaCommonLib.model_registry import ModelEntry
+from CochleaCommonLib.model_registry import _VERSION, ModelEntry
 from CochleaCommonLib.progress import Progress
 
 from .detector_model import build_network, parameter_count
@@ -76,7 +76,7 @@ class DetectorTrainingConfig:
     description: str = ""
 
     def validate(self) -> None:
-        if not _ID.match(self.model_id or "") or not _ID.match(self.version or ""):
+        if not _ID.match(self.model_id or "") or not _VERSION.match(self.version or ""):
             raise InvalidInputError(f"The model id '{self.model_id}' and version '{self.version}' may only use "
                                     "lower-case letters, digits, '.', '_' and '-' (they name the file and the model).")
         unknown = [s for s in self.stages if s not in STAGES]
@@ -203,6 +203,9 @@ def train_detector(data: str | os.PathLike, out_dir: str | os.PathLike, config: 
     cfg.validate()
     if base is not None and not Path(base).is_file():
         raise InvalidInputError(f"The base detector weight file {base} does not exist.")
+    if base is None and not {"coarse", "fine"} <= set(cfg.stages):
+        raise InvalidInputError("A detector needs its coarse and fine passes: train both, or keep them from an "
+                                "existing detector with base=FILE (--base).")
     if "global" in cfg.stages and heads is None:
         raise InvalidInputError("The global (seed-free) pass needs head volumes: give --heads DIR with volumes "
                                 "X.nrrd and X_left_landmarks.fcsv / X_right_landmarks.fcsv.")
@@ -234,7 +237,9 @@ def _train_all(cfg: DetectorTrainingConfig, data: Any, out_dir: Any, heads: Any,
                 networks[name] = net
                 geometries[name] = base_geometries[name]
                 record["validation"][name] = dict(base_source.get("validation", {}).get(name, {}))
-                record["cases"][name] = base_source.get("cases", {}).get("global" if name == "global" else "local")
+                group = "global" if name == "global" else "local"
+                if group in base_source.get("cases", {}):
+                    record["cases"][group] = base_source["cases"][group]
         record["base"] = {"file": Path(base).name, "sha256": sha256_file(Path(base)),
                           "passes_kept": sorted(n for n in base_networks if n not in cfg.stages)}
     local = [s for s in cfg.stages if s != "global"]
