@@ -22,6 +22,12 @@ echo "== landmarks from the phantom's rough seed click (SMICNet, bundled smicnet
 "$COCHLEA" convert "$OUT/landmarks/landmarks.fcsv" "$OUT/landmarks/landmarks_ras.fcsv" --coordinate-system RAS
 echo "   ground truth: $CASE/phantom_ct_00007_landmarks.fcsv; report: $OUT/landmarks/report.json"
 
+echo "== the same with the 3D detector (bundled detector-phantom weights, CPU): seeded, then without any seed"
+"$COCHLEA" landmarks "$CASE/phantom_ct_00007.nrrd" --method detector --seed "$CASE/phantom_ct_00007_seed.fcsv" \
+  --out "$OUT/landmarks-detector" --device cpu
+"$COCHLEA" landmarks "$CASE/phantom_ct_00007.nrrd" --method detector --out "$OUT/landmarks-seed-free" --device cpu
+echo "   seed-free summary: $OUT/landmarks-seed-free/ears.json"
+
 echo "== format conversions a researcher needs in batch"
 "$COCHLEA" convert "$CASE/phantom_ct_00007.nrrd" "$OUT/volume.nii.gz"
 "$COCHLEA" convert "$CASE/phantom_ct_00007_landmarks.fcsv" "$OUT/landmarks.mrk.json"

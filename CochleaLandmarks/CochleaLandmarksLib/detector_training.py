@@ -104,30 +104,31 @@ def detector_loss(heat_logits: Any, disp: Any, heat_t: Any, disp_t: Any, mask: A
     return heat_loss + disp_loss
 
 
-def _validation_error(net: Any, stage: StageGeometry, x: Any, cubes_truth: list[np.ndarray]
+def _validation_error(net: Any, stage: StageGeometry, x: Any, cubes_truth: list[list[np.ndarray]]
                       ) -> tuple[float, float]:
-    """Mean distance (mm) between read-out and true landmark per channel, and the share found (peak >= 0.3)."""
+    """Mean distance (mm) from each channel's read-out to the nearest true landmark of that channel in the cube
+    (a head cube may hold both ears), and the share of channels found (peak >= 0.3)."""
     torch = require_torch()
-    errors, found = [], 0
+    errors, found, total = [], 0, 0
     with torch.no_grad():
         heat, disp = net(x)
         heat = torch.sigmoid(heat).cpu().numpy()
         disp = disp.cpu().numpy()
     for b, truth in enumerate(cubes_truth):
         for ch in range(len(stage.channels)):
-            if np.any(np.isnan(truth[ch])):
+            if len(truth[ch]) == 0:
                 continue
+            total += 1
             ijk, peak = readout_cells(heat[b, ch], disp[b, ch])
             if peak >= 0.3:
                 found += 1
-                errors.append(float(np.linalg.norm(ijk - truth[ch])) * stage.spacing_mm)
-    total = sum(int(np.sum(~np.isnan(t[:, 0]))) for t in cubes_truth)
+                errors.append(float(np.min(np.linalg.norm(truth[ch] - ijk, axis=1))) * stage.spacing_mm)
     return (float(np.mean(errors)) if errors else float("inf")), found / max(1, total)
 
 
 def _fixed_validation(volumes: list[DetectorVolume], stage: StageGeometry, n: int, seed: int, device: Any
-                      ) -> tuple[Any, list[np.ndarray]]:
-    """Unaugmented validation cubes and the true landmark (cube index; NaN outside the cube) per channel."""
+                      ) -> tuple[Any, list[list[np.ndarray]]]:
+    """Unaugmented validation cubes and, per channel, the true landmarks inside each cube (cube indices)."""
     from .detector_geometry import CANONICAL_AXES, ras_to_cube_points
 
     torch = require_torch()
@@ -138,12 +139,10 @@ def _fixed_validation(volumes: list[DetectorVolume], stage: StageGeometry, n: in
         centre = random_centre(vol, stage, rng)
         x, _, _, _, cube = sample_cube(vol, stage, centre, CANONICAL_AXES, vol.centroid)
         xs.append(x)
-        t = np.full((len(stage.channels), 3), np.nan)
-        for ch, name in enumerate(stage.channels):
+        t = []
+        for name in stage.channels:
             p = ras_to_cube_points(cube, vol.points[name])
-            inside = np.all((p >= 0) & (p <= stage.size - 1), axis=1)
-            if inside.any():
-                t[ch] = p[inside][0]
+            t.append(p[np.all((p >= 0) & (p <= stage.size - 1), axis=1)])
         truths.append(t)
     return torch.stack(xs).to(device), truths
 
