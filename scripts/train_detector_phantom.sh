@@ -17,7 +17,7 @@
 #     ears, 7 lateral crops with one ear, 7 low slabs; the list is drawn by numpy seed 5 below.
 #
 # Training (CochleaLandmarksLib/detector_training.py explains the method):
-#   1. coarse and fine passes from the 64 phantoms: 1200 and 1500 steps, batch 6, AdamW lr 2e-3 with warm-up and
+#   1. coarse and fine passes from the 64 phantoms: 1200 and 3000 steps, batch 6, AdamW lr 2e-3 with warm-up and
 #      cosine decay, 15 % of the cases (10) held out; the weights with the smallest held-out landmark distance
 #      are kept.
 #   2. the global (seed-free) pass from the heads, 800 steps, keeping the local passes of step 1 (--base).
@@ -71,7 +71,7 @@ OMP_NUM_THREADS=1 xargs -P "$JOBS" -L 1 sh -c '
 
 echo "== training the coarse and fine passes on $DEVICE"
 "${COCHLEA[@]}" train detector --data "$OUT/data" --out "$OUT/local" --model-id detector-phantom \
-  --model-version 1.0 --stages coarse,fine --steps-coarse 1200 --steps-fine 1500 --batch-size 6 --lr 2e-3 \
+  --model-version 1.0 --stages coarse,fine --steps-coarse 1200 --steps-fine 3000 --batch-size 6 --lr 2e-3 \
   --val-fraction 0.15 --seed 0 --device "$DEVICE"
 
 echo "== training the global (seed-free) pass on $DEVICE"
