@@ -24,12 +24,15 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed (pip install -e '.[test]')")
 vtk = pytest.importorskip("vtk")
-import slicer_harness  # noqa: E402  (after the importorskip above)
+import slicer_harness  # noqa: E402,F401  (after the importorskip above)
+from landmarks_scene import LANDMARKS, load_landmarks_module  # noqa: E402
+from landmarks_scene import node_ids as _node_ids  # noqa: E402
+from landmarks_scene import rows as _rows  # noqa: E402
+from landmarks_scene import seeds as _seeds  # noqa: E402
+from landmarks_scene import world as _world  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
-REPO = Path(__file__).resolve().parents[2]
-LANDMARKS = ("Helicotrema", "Modiolus base", "Round Window")
 #: Planted landmarks of the right ear (world RAS, mm); the left ear is its mirror image 10 mm to the left.
 RIGHT_EAR = {"Helicotrema": np.array([6.0, 2.0, 3.0]), "Modiolus base": np.array([4.0, -1.0, 0.0]),
              "Round Window": np.array([7.5, -3.0, -1.5])}
@@ -46,9 +49,7 @@ except ImportError:
 @pytest.fixture(scope="module")
 def module():
     """The CochleaLandmarks Python module, loaded as Slicer loads it (CochleaCommon first)."""
-    slicer_harness.load_scripted_module(REPO / "CochleaCommon" / "CochleaCommon.py")
-    return slicer_harness.load_scripted_module(REPO / "CochleaLandmarks" / "CochleaLandmarks.py").module
-
+    return load_landmarks_module()
 
 @pytest.fixture(scope="module")
 def tiny_detector(tmp_path_factory) -> Path:
@@ -75,29 +76,6 @@ def _volume(name: str = "CT", array=None):
     node.SetSpacing(0.4, 0.4, 0.4)
     node.SetOrigin(-14.0, -12.0, -10.0)
     return node
-
-
-def _seeds(*labelled, name: str = "Cochlea seed"):
-    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-    for label, position in labelled:
-        node.AddControlPoint(vtk.vtkVector3d(*position), label)
-    return node
-
-
-def _node_ids() -> set:
-    scene = slicer.mrmlScene
-    return {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
-
-
-def _world(node, n: int) -> np.ndarray:
-    p = [0.0, 0.0, 0.0]
-    node.GetNthControlPointPositionWorld(n, p)
-    return np.array(p)
-
-
-def _rows(table) -> list:
-    columns = range(table.GetNumberOfColumns())
-    return [[table.GetCellText(r, c) for c in columns] for r in range(table.GetNumberOfRows())]
 
 
 def _blob_maps(centre: np.ndarray, truth: dict, box_mm: float = 12.0) -> dict:

@@ -21,12 +21,15 @@ import pytest
 
 slicer = pytest.importorskip("slicer", reason="slicer-core wheel not installed (pip install -e '.[test]')")
 vtk = pytest.importorskip("vtk")
-import slicer_harness  # noqa: E402  (after the importorskip above)
+import slicer_harness  # noqa: E402,F401  (after the importorskip above)
+from landmarks_scene import LANDMARKS, load_landmarks_module  # noqa: E402
+from landmarks_scene import node_ids as _node_ids  # noqa: E402
+from landmarks_scene import rows as _rows  # noqa: E402
+from landmarks_scene import seeds as _seeds  # noqa: E402
+from landmarks_scene import world as _world  # noqa: E402
 
 pytestmark = pytest.mark.mrml
 
-REPO = Path(__file__).resolve().parents[2]
-LANDMARKS = ("Helicotrema", "Modiolus base", "Round Window")
 
 try:  # the tests share two CPU cores with everything else
     import torch
@@ -39,9 +42,7 @@ except ImportError:
 @pytest.fixture(scope="module")
 def module():
     """The CochleaLandmarks Python module, loaded as Slicer loads it (CochleaCommon first)."""
-    slicer_harness.load_scripted_module(REPO / "CochleaCommon" / "CochleaCommon.py")
-    return slicer_harness.load_scripted_module(REPO / "CochleaLandmarks" / "CochleaLandmarks.py").module
-
+    return load_landmarks_module()
 
 @dataclass
 class Oracle:
@@ -105,13 +106,6 @@ def _volume(name: str = "CT", transform=None):
     return node
 
 
-def _seeds(*labelled, name: str = "Cochlea seed"):
-    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-    for label, position in labelled:
-        node.AddControlPoint(vtk.vtkVector3d(*position), label)
-    return node
-
-
 def _transform(rotate_z: float = 0.0, translate=(0.0, 0.0, 0.0)):
     t = vtk.vtkTransform()
     t.Translate(*translate)
@@ -119,22 +113,6 @@ def _transform(rotate_z: float = 0.0, translate=(0.0, 0.0, 0.0)):
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Pose")
     node.SetMatrixTransformToParent(t.GetMatrix())
     return node
-
-
-def _node_ids() -> set:
-    scene = slicer.mrmlScene
-    return {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())}
-
-
-def _world(node, n: int) -> np.ndarray:
-    p = [0.0, 0.0, 0.0]
-    node.GetNthControlPointPositionWorld(n, p)
-    return np.array(p)
-
-
-def _rows(table) -> list:
-    columns = range(table.GetNumberOfColumns())
-    return [[table.GetCellText(r, c) for c in columns] for r in range(table.GetNumberOfRows())]
 
 
 # --- the module and the core agree --------------------------------------------------------------------
