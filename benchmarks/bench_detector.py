@@ -40,6 +40,8 @@ for _lib in ("CochleaCommon", "CochleaLandmarks"):  # run from a checkout withou
     if str(ROOT / _lib) not in sys.path:
         sys.path.insert(0, str(ROOT / _lib))
 
+from bench_landmarks import _pin  # noqa: E402  (one way to pin "2 CPU cores" for every benchmark)
+
 TARGET_SEEDED_CPU_S = 1.0
 TARGET_SEEDED_GPU_S = 0.020
 TARGET_SEED_FREE_CPU_S = 5.0
@@ -53,11 +55,6 @@ def emit(record: dict[str, Any]) -> dict[str, Any]:
 
     print(json.dumps(json_ready({"benchmark": "detector", **record})), flush=True)
     return record
-
-
-def _pin(threads: int) -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
 
 
 def _errors(result: Any, truth: dict[str, np.ndarray]) -> dict[str, float]:

@@ -76,6 +76,15 @@ def intensity_window(array: np.ndarray, ijk_to_ras: np.ndarray, centre_ras: np.n
     return float(low), float(high)
 
 
+def whole_volume_window(array: np.ndarray) -> tuple[float, float]:
+    """The window of the global pass: the robust percentiles of the whole (pooled) volume, every other voxel.
+
+    One function for training and inference, so the global pass sees the same scaling in both.
+    """
+    low, high = np.percentile(np.asarray(array)[::2, ::2, ::2], WINDOW_PERCENTILES)
+    return float(low), float(high) if high > low else float(low) + 1.0
+
+
 def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], size: int,
                  window: tuple[float, float], *, device: Any = "cpu") -> Any:
     """Trilinear samples of ``array`` (KJI, numpy or torch) on each cube lattice, scaled by ``window``.

@@ -74,7 +74,7 @@ def load_3d_detector(model: str, *, device: str = "auto", registry: ModelRegistr
                       [choice.message] if choice.message else [])
 
 
-def _forward(detector: Detector3D, name: str, cubes: Any) -> tuple[np.ndarray, np.ndarray]:
+def run_pass(detector: Detector3D, name: str, cubes: Any) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid heat ``(N, L, n, n, n)`` and displacement ``(N, L, 3, n, n, n)`` as numpy."""
     torch = require_torch()
     with torch.inference_mode():
@@ -101,7 +101,7 @@ def detector_maps(image: Image, seed_ras: np.ndarray, detector: Detector3D, *, p
     timings["sample"] = time.perf_counter() - t0
     progress.update(0.2, "Coarse pass")
     t1 = time.perf_counter()
-    heat, disp = _forward(detector, "coarse", x)
+    heat, disp = run_pass(detector, "coarse", x)
     timings["coarse"] = time.perf_counter() - t1
     found: dict[str, tuple[np.ndarray | None, float]] = {}
     reasons: dict[str, str] = {}
@@ -122,7 +122,7 @@ def detector_maps(image: Image, seed_ras: np.ndarray, detector: Detector3D, *, p
     if names:
         cubes = [cube_ijk_to_ras(coarse_points[n], fine.size, fine.spacing_mm) for n in names]
         xf = sample_cubes(image.array, image.ijk_to_ras, cubes, fine.size, window, device=detector.device)
-        fheat, fdisp = _forward(detector, "fine", xf)
+        fheat, fdisp = run_pass(detector, "fine", xf)
         for b, name in enumerate(names):
             ch = fine.channels.index(name)
             ijk, fpeak = readout_cells(fheat[b, ch], fdisp[b, ch])

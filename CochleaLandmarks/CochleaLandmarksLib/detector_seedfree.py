@@ -34,8 +34,9 @@ from .detector_geometry import (
     pooled_for_spacing,
     sample_cubes,
     volume_cube,
+    whole_volume_window,
 )
-from .detector_inference import Detector3D, _forward
+from .detector_inference import Detector3D, heat_image, run_pass
 from .detector_model import OUTPUT_STRIDE
 from .detector_readout import heat_peaks, readout_cells
 
@@ -70,18 +71,15 @@ def global_candidates(image: Image, detector: Detector3D) -> tuple[list[tuple[np
     """Candidate ears (RAS, score) from the global pass over the whole volume, and its heat as an Image."""
     stage = detector.stages["global"]
     pooled, matrix = pooled_for_spacing(image.array, image.ijk_to_ras, stage.spacing_mm)
-    low, high = np.percentile(pooled[::2, ::2, ::2], (1.0, 99.5))
     cube, edge = volume_cube(matrix, pooled.shape, stage.spacing_mm)
-    x = sample_cubes(pooled, matrix, [cube], edge, (float(low), float(high) if high > low else float(low) + 1.0),
-                     device=detector.device)
-    heat, disp = _forward(detector, "global", x)
+    x = sample_cubes(pooled, matrix, [cube], edge, whole_volume_window(pooled), device=detector.device)
+    heat, disp = run_pass(detector, "global", x)
     candidates = []
     separation = max(1, int(round(SAME_EAR_MM / (stage.spacing_mm * OUTPUT_STRIDE))))
     for index, score in heat_peaks(heat[0, 0], CANDIDATE_THRESHOLD, separation, MAX_CANDIDATES):
         ijk, _ = readout_cells(heat[0, 0], disp[0, 0], peak_index=index)
         candidates.append((cube_points_to_ras(cube, ijk)[0], score))
-    cells = np.diag([OUTPUT_STRIDE, OUTPUT_STRIDE, OUTPUT_STRIDE, 1.0])
-    return _merge(candidates), {"heat": Image(np.ascontiguousarray(heat[0, 0]), cube @ cells), "cells": heat[0, 0].size}
+    return _merge(candidates), {"heat": heat_image(heat[0, 0], cube), "cells": heat[0, 0].size}
 
 
 def tiled_candidates(image: Image, detector: Detector3D) -> tuple[list[tuple[np.ndarray, float]], dict[str, Any]]:
@@ -97,7 +95,7 @@ def tiled_candidates(image: Image, detector: Detector3D) -> tuple[list[tuple[np.
     window = intensity_window(image.array, image.ijk_to_ras, image.center_ras(), float(np.max(hi - lo)) / 2.0)
     cubes = [cube_ijk_to_ras(c, stage.size, stage.spacing_mm) for c in centres]
     x = sample_cubes(image.array, image.ijk_to_ras, cubes, stage.size, window, device=detector.device)
-    heat, disp = _forward(detector, "coarse", x)
+    heat, disp = run_pass(detector, "coarse", x)
     ch = stage.channels.index("Modiolus base")
     candidates = []
     for b, cube in enumerate(cubes):

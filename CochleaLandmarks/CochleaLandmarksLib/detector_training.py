@@ -36,6 +36,7 @@ from CochleaCommonLib.errors import InvalidInputError
 from CochleaCommonLib.model_registry import _VERSION, ModelEntry
 from CochleaCommonLib.progress import Progress
 
+from .detector_inference import PRESENT_THRESHOLD
 from .detector_model import build_network, parameter_count
 from .detector_readout import readout_cells
 from .detector_stages import STAGES, StageGeometry
@@ -107,7 +108,7 @@ def detector_loss(heat_logits: Any, disp: Any, heat_t: Any, disp_t: Any, mask: A
 def _validation_error(net: Any, stage: StageGeometry, x: Any, cubes_truth: list[list[np.ndarray]]
                       ) -> tuple[float, float]:
     """Mean distance (mm) from each channel's read-out to the nearest true landmark of that channel in the cube
-    (a head cube may hold both ears), and the share of channels found (peak >= 0.3)."""
+    (a head cube may hold both ears), and the share of channels found (peak >= PRESENT_THRESHOLD)."""
     torch = require_torch()
     errors, found, total = [], 0, 0
     with torch.no_grad():
@@ -120,7 +121,7 @@ def _validation_error(net: Any, stage: StageGeometry, x: Any, cubes_truth: list[
                 continue
             total += 1
             ijk, peak = readout_cells(heat[b, ch], disp[b, ch])
-            if peak >= 0.3:
+            if peak >= PRESENT_THRESHOLD:
                 found += 1
                 errors.append(float(np.min(np.linalg.norm(truth[ch] - ijk, axis=1))) * stage.spacing_mm)
     return (float(np.mean(errors)) if errors else float("inf")), found / max(1, total)

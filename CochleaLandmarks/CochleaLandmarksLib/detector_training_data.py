@@ -29,6 +29,7 @@ from .detector_geometry import (
     pooled_for_spacing,
     ras_to_cube_points,
     sample_cubes,
+    whole_volume_window,
 )
 from .detector_model import DISPLACEMENT_SCALE, OUTPUT_STRIDE
 from .detector_stages import StageGeometry
@@ -80,9 +81,8 @@ def load_head_volumes(data_dir: Any, spacing_mm: float, progress: Progress | Non
         image = read_image(case.volume_path)
         bases = [read_ground_truth(p)["Modiolus base"] for p in case.landmark_paths]
         pooled, matrix = pooled_for_spacing(image.array, image.ijk_to_ras, spacing_mm)
-        low, high = np.percentile(pooled[::2, ::2, ::2], (1.0, 99.5))
         points = {COCHLEA_CHANNEL: np.array(bases).reshape(-1, 3)}
-        volumes.append(DetectorVolume(case.case_id, pooled, matrix, points, (float(low), float(high))))
+        volumes.append(DetectorVolume(case.case_id, pooled, matrix, points, whole_volume_window(pooled)))
     return volumes
 
 
