@@ -20,7 +20,7 @@ import numpy as np
 from CochleaCommonLib.errors import CochleaError, InvalidInputError
 from CochleaCommonLib.image import Image
 from CochleaCommonLib.image_io import write_image
-from CochleaCommonLib.image_ops import crop_around, resample_like
+from CochleaCommonLib.lattice_resample import maps_on_lattice_of
 from CochleaCommonLib.markups_io import write_markups
 from CochleaCommonLib.model_registry import ModelRegistry
 from CochleaCommonLib.progress import Progress, ProgressCallback
@@ -208,7 +208,7 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
     if output_maps:
         prog.update(0.92, "Mapping probabilities onto the volume")
         t = time.perf_counter()
-        maps = {name: maps_on_input_lattice(image, m) for name, m in out["maps"].items()}
+        maps = maps_on_lattice_of(image, out["maps"], device=detector.device)
         timings["resample_maps"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     prog.update(1.0, "Landmarks found")
@@ -286,25 +286,6 @@ def detect_cochleae(image: Image, *, model: str | os.PathLike | None = None, det
 def ear_name(result: LandmarkResult, base: str = "Landmarks") -> str:
     """``Landmarks right`` / ``Landmarks left`` for a seed-free result, ``base`` for a seeded one."""
     return f"{base} {result.side}" if result.side else (f"{base} (side unknown)" if result.seed_free else base)
-
-
-def maps_on_input_lattice(image: Image, prob: Image) -> Image:
-    """``prob`` resampled (linearly) onto the input's own voxel lattice, cropped to the region it covers.
-
-    The result has the input's spacing and directions and voxels that coincide with input voxels, so it
-    overlays exactly in Slicer and in any viewer; it never spans the whole input (a 512^3 float map is
-    half a gigabyte).
-    """
-    lo, hi = prob.world_bounds()
-    centre = 0.5 * (np.asarray(lo) + np.asarray(hi))
-    extent = np.abs(np.asarray(hi) - np.asarray(lo))
-    # The box's world extent measured along the input's axes (the input may be oblique).
-    size_mm = np.abs(image.direction).T @ extent + 2.0 * image.spacing
-    inside = np.clip(image.ras_to_continuous_index(centre), 0, np.array(image.shape_ijk) - 1)
-    reference = crop_around(image, image.index_to_ras(inside), size_mm)
-    reference = reference.with_array(np.zeros(reference.array.shape, dtype=np.float32))
-    out = resample_like(prob, reference, interpolator="linear", default_value=0.0)
-    return out.with_array(np.clip(out.array.astype(np.float32, copy=False), 0.0, 1.0))
 
 
 def write_landmark_outputs(result: LandmarkResult, out_dir: str | os.PathLike, *,

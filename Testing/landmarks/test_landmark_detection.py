@@ -14,10 +14,10 @@ from CochleaCommonLib.errors import InvalidInputError
 from CochleaCommonLib.geometry import lps_to_ras
 from CochleaCommonLib.image import Image
 from CochleaCommonLib.image_io import read_image
+from CochleaCommonLib.lattice_resample import maps_on_lattice_of
 from CochleaCommonLib.markups_io import read_markups
 from CochleaLandmarksLib.landmark_detection import (
     detect_landmarks,
-    maps_on_input_lattice,
     validate_image,
     write_landmark_outputs,
 )
@@ -178,7 +178,7 @@ def test_maps_on_input_lattice_cover_the_box_on_a_translated_anisotropic_volume(
     image = Image.from_geometry(np.zeros((60, 70, 80), dtype=np.int16), (0.25, 0.35, 0.4), (-130.0, 20.0, 7.0))
     box = Image.from_geometry(np.ones((10, 10, 10), dtype=np.float32), (0.3, 0.3, 0.3), (-120.0, 28.0, 15.0),
                               np.diag([-1.0, -1.0, 1.0]))
-    out = maps_on_input_lattice(image, box)
+    out = maps_on_lattice_of(image, {"m": box})["m"]
     np.testing.assert_allclose(out.spacing, image.spacing)
     lo, hi = box.world_bounds()
     for corner in (lo, hi):
