@@ -150,6 +150,7 @@ class CochleaLandmarksParameterNode:
     trainOutputDirectory: pathlib.Path = pathlib.Path.home() / "CochleaToolkit" / "models"
     trainModelId: str = DEFAULT_TRAIN_MODEL_IDS["smicnet"]
     trainEpochs: Annotated[int, WithinRange(1, 1000)] = 60
+    trainInitialModel: str = ""
     trainSteps: Annotated[int, WithinRange(1, 100000)] = DEFAULT_DETECTOR_TRAIN_STEPS
     trainDevice: Annotated[str, Choice(list(DEVICES))] = "auto"
 
@@ -176,6 +177,7 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelToken = None  # set while detection runs: Apply then acts as Cancel
         self._trainCancelToken = None  # set while training runs: Train then acts as Cancel
         self._modelComboMethod = None
+        self._initialModelsListed = False
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -199,6 +201,7 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelComboBoxChanged)
         self.ui.browseModelButton.connect("clicked(bool)", self.onBrowseModelButton)
         self.ui.trainMethodComboBox.connect("currentIndexChanged(int)", self.onTrainMethodChanged)
+        self.ui.trainInitialModelComboBox.connect("currentIndexChanged(int)", self.onTrainInitialModelChanged)
 
         self.initializeParameterNode()
 
@@ -243,6 +246,7 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     combo.setItemText(index, METHOD_LABELS[method])
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
             self._modelComboMethod = None  # refill: models may have been added since
+            self._initialModelsListed = False
             self._updateGUI()
 
     def _updateGUI(self, caller=None, event=None) -> None:
@@ -263,8 +267,10 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.outputLandmarksLabel, self.ui.outputLandmarksSelector):
             widget.enabled = not seedFree
         trainSmicnet = p.trainMethod == "smicnet"
-        for widget in (self.ui.trainEpochsLabel, self.ui.trainEpochsSpinBox):
+        for widget in (self.ui.trainEpochsLabel, self.ui.trainEpochsSpinBox, self.ui.trainInitialModelLabel,
+                       self.ui.trainInitialModelComboBox):
             widget.enabled = trainSmicnet
+        self._updateInitialModelComboBox()
         for widget in (self.ui.trainStepsLabel, self.ui.trainStepsSpinBox):
             widget.enabled = not trainSmicnet
         if self._cancelToken is not None or self._trainCancelToken is not None:
@@ -297,6 +303,29 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.toolTip = wanted
         finally:
             combo.blockSignals(wasBlocked)
+
+    def _updateInitialModelComboBox(self) -> None:
+        """"New model" or any registered SMICNet weights to fine-tune (the published ones included)."""
+        p = self._parameterNode
+        combo = self.ui.trainInitialModelComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            if not self._initialModelsListed:
+                combo.clear()
+                combo.addItem(_("New model (random start)"), "")
+                for value, label in self.logic.availableModels("smicnet"):
+                    combo.addItem(_("Fine-tune {label}").format(label=label), value)
+                self._initialModelsListed = True
+            if combo.findData(p.trainInitialModel) < 0:
+                combo.addItem(os.path.basename(p.trainInitialModel), p.trainInitialModel)
+            combo.currentIndex = combo.findData(p.trainInitialModel)
+        finally:
+            combo.blockSignals(wasBlocked)
+
+    def onTrainInitialModelChanged(self, index: int) -> None:
+        value = self.ui.trainInitialModelComboBox.itemData(index)
+        if self._parameterNode is not None and value is not None:
+            self._parameterNode.trainInitialModel = value
 
     def onModelComboBoxChanged(self, index: int) -> None:
         value = self.ui.modelComboBox.itemData(index)
@@ -435,7 +464,8 @@ class CochleaLandmarksWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     epochs=p.trainEpochs if smicnet else None, device=p.trainDevice, register=True,
                     progressCallback=lambda f, m: self._showProgress(self.ui.trainProgressBar, f, m),
                     cancelToken=self._trainCancelToken, method=p.trainMethod,
-                    steps=None if smicnet else p.trainSteps)
+                    steps=None if smicnet else p.trainSteps,
+                    initialModel=(p.trainInitialModel or None) if smicnet else None)
             except OperationCancelled:
                 self.ui.trainStatusLabel.text = _("Training cancelled: no model was written.")
                 return
@@ -1130,7 +1160,8 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
     # --- training -------------------------------------------------------------------------------------
     def train(self, dataDirectory, outputDirectory, modelId: str, epochs: Optional[int] = None, device: str = "auto",
               register: bool = True, progressCallback: Optional[Callable[[float, str], Optional[bool]]] = None,
-              cancelToken=None, method: str = "smicnet", steps: Optional[int] = None, headsDirectory=None):
+              cancelToken=None, method: str = "smicnet", steps: Optional[int] = None, headsDirectory=None,
+              initialModel: Optional[str] = None):
         """Train new weights for ``method`` on a folder of annotated volumes.
 
         * ``method="smicnet"``: SMICNet (``CochleaLandmarksLib.smicnet_training.train_smicnet``), for
@@ -1157,6 +1188,9 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
         :param headsDirectory: 3D detector only: folder of head volumes with every ear annotated
             (``X.nrrd`` beside ``X_left_landmarks.fcsv`` / ``X_right_landmarks.fcsv``) to train the global
             (seed-free) pass as well.
+        :param initialModel: SMICNet only: fine-tune these weights (a registry id such as
+            ``smicnet-published-5``, or a ``.h5``/``.pt`` file) instead of starting from random weights; the
+            few-shot route of the original paper. The new model keeps their landmark convention.
         :return: SMICNet: the core's ``SmicnetTrainingResult`` (``model_path``, ``entry``, ``curves_path``,
             ``history``, ``val_metrics``, ...); 3D detector: a :class:`DetectorTrainingResult`. Both have
             ``model_path``, ``entry``, ``entry_path``, ``history_path`` and ``registry_path``.
@@ -1176,6 +1210,10 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
         if outputFolder is None:
             raise InvalidInputError("Choose an output folder for the trained weights.")
         if method == "detector":
+            if initialModel:
+                raise InvalidInputError("Starting from existing weights applies to SMICNet; the 3D detector trains "
+                                        "its passes from scratch (use 'cochlea train detector --base' to keep the "
+                                        "passes of an existing detector that you do not retrain).")
             return self._trainDetector(pathlib.Path(dataDirectory).expanduser(), outputFolder, modelId, epochs, device,
                                        register, Progress(progressCallback, cancelToken), steps, headsDirectory)
         if steps is not None or headsDirectory is not None:
@@ -1190,7 +1228,8 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
         normalise_device_request(device)
         from CochleaLandmarksLib.smicnet_training import SmicnetTrainingConfig, train_smicnet
 
-        config = SmicnetTrainingConfig(epochs=epochs, device=device, model_id=str(modelId or ""))
+        config = SmicnetTrainingConfig(epochs=epochs, device=device, model_id=str(modelId or ""),
+                                       init=str(initialModel) if initialModel else None)
         config.validate()
         require_torch()
         trained = train_smicnet(pathlib.Path(dataDirectory).expanduser(), outputFolder, config,

@@ -169,8 +169,13 @@ def rotation_matrices(coronal: Any, spin_rad: Any, tilt_row_rad: Any, tilt_col_r
     return _rodrigues(u, tilt_row_rad) @ _rodrigues(v, tilt_col_rad) @ _rodrigues(normal, spin_rad)
 
 
-def patch_positions(centres: Any, coronal: Any, rotation: Any | None = None, scale: Any | None = None) -> Any:
-    """Continuous (i, j, k) sample position of every pixel, (N, 81, 81, 3); pixel (40, 40) is the centre."""
+def patch_positions(centres: Any, coronal: Any, rotation: Any | None = None, scale: Any | None = None, *,
+                    landmark_pixel: int = HALF) -> Any:
+    """Continuous (i, j, k) sample position of every pixel, (N, 81, 81, 3).
+
+    Pixel ``(landmark_pixel, landmark_pixel)`` samples the centre (40 for our models; 41 reproduces the
+    authors' unrotated crops, so their weights can be fine-tuned without moving what they learned).
+    """
     torch = require_torch()
     u, v, _ = plane_axes(coronal)
     if rotation is not None:
@@ -178,7 +183,7 @@ def patch_positions(centres: Any, coronal: Any, rotation: Any | None = None, sca
         v = (rotation @ v[..., None])[..., 0]
     if scale is not None:
         u, v = u * scale[:, None], v * scale[:, None]
-    d = torch.arange(PATCH_SIZE, device=centres.device, dtype=centres.dtype) - HALF
+    d = torch.arange(PATCH_SIZE, device=centres.device, dtype=centres.dtype) - float(landmark_pixel)
     rows = d[None, :, None, None] * u[:, None, None, :]
     cols = d[None, None, :, None] * v[:, None, None, :]
     return centres[:, None, None, :] + rows + cols
@@ -201,10 +206,15 @@ def sample_plane(volume: Any, positions: Any) -> Any:
 class PatchSampler:
     """Draws balanced, augmented, quantised training batches from prepared volumes on one device."""
 
-    def __init__(self, volumes: list[TrainingVolume], config: AugmentConfig | None = None, device: Any = "cpu"):
+    def __init__(self, volumes: list[TrainingVolume], config: AugmentConfig | None = None, device: Any = "cpu", *,
+                 landmark_pixel: int = HALF):
         torch = require_torch()
         if not volumes:
             raise InvalidInputError("The patch sampler needs at least one volume.")
+        if landmark_pixel not in (HALF, HALF + 1):
+            raise InvalidInputError(f"The landmark must sit at patch pixel {HALF} (our models) or {HALF + 1} (the "
+                                    f"authors' weights), not {landmark_pixel}.")
+        self.landmark_pixel = int(landmark_pixel)
         self.config = config if config is not None else AugmentConfig()
         self.config.validate()
         self.device = torch.device(device)
@@ -312,7 +322,7 @@ class PatchSampler:
                 scale: Any | None = None) -> Any:
         """Raw (normalised, unquantised) patches (n, 81, 81) at the given geometry, one grid_sample per case."""
         torch = require_torch()
-        positions = patch_positions(centres, coronal, rotation, scale)
+        positions = patch_positions(centres, coronal, rotation, scale, landmark_pixel=self.landmark_pixel)
         out = torch.empty(centres.shape[0], PATCH_SIZE, PATCH_SIZE, device=self.device)
         for c in torch.unique(case).tolist():
             idx = (case == c).nonzero()[:, 0]

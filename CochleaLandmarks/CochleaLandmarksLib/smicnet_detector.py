@@ -69,7 +69,7 @@ class LoadedDetector:
         return self._classifier
 
 
-def _landmark_pixel(metadata: dict[str, Any]) -> int:
+def landmark_pixel_of(metadata: dict[str, Any]) -> int:
     """Where the weights expect the landmark: ours record it; the authors' (Keras) put it at pixel 41."""
     source = metadata.get("source") if isinstance(metadata.get("source"), dict) else {}
     for where in (metadata, source):
@@ -96,7 +96,7 @@ def load_smicnet_detector(model: str, *, device: str = "auto", registry: ModelRe
     if choice.name.startswith("cuda"):
         torch.backends.cudnn.benchmark = True
     detector = LoadedDetector("smicnet", str(model_id), choice.name, network, 0.0,
-                              landmark_pixel=_landmark_pixel(metadata),
+                              landmark_pixel=landmark_pixel_of(metadata),
                               messages=[choice.message] if choice.message else [])
     _ = detector.classifier
     detector.load_seconds = time.perf_counter() - start
@@ -197,5 +197,5 @@ def classify_points(detector: LoadedDetector, image: Image, points_ras: np.ndarr
     return out
 
 
-__all__ = ["FAST_BOX_MM", "LANDMARK_NAMES", "LoadedDetector", "classify_points", "load_smicnet_detector",
-           "smicnet_maps"]
+__all__ = ["FAST_BOX_MM", "LANDMARK_NAMES", "LoadedDetector", "classify_points", "landmark_pixel_of",
+           "load_smicnet_detector", "smicnet_maps"]

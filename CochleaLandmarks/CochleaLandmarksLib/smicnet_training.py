@@ -52,6 +52,7 @@ from CochleaCommonLib.progress import Progress
 from .keras_import import TORCH_FORMAT, save_smicnet_weights
 from .landmark_dataset import LandmarkCase
 from .smicnet_augment import LANDMARK_PIXEL, AugmentConfig, PatchSampler
+from .smicnet_detector import landmark_pixel_of
 from .smicnet_model import CLASS_NAMES, PATCH_SIZE, SPACING_MM, build_smicnet
 from .smicnet_training_data import DEFAULT_BACKGROUND_EXTENT_MM, MAX_SCALE, TrainingVolume, load_cases, resolve_cases
 
@@ -284,13 +285,18 @@ def train_smicnet(data: str | os.PathLike | Iterable[LandmarkCase], out_dir: str
         validation = ("augmented patches of the training case(s), drawn with another seed: only one case or "
                       "val_fraction 0, so this is a convergence check, not an independent estimate")
         log.warning("Validation uses %s.", validation)
-    sampler = PatchSampler(train_vols, cfg.augment, device)
-    val_sampler = PatchSampler(val_vols, cfg.augment, device) if val_vols else sampler
+    model, init_info = _build_model(cfg, device)
+    # Fine-tuning keeps the convention of the weights it starts from (the authors': landmark at pixel 41),
+    # so the features they learned stay where they were; a fresh model uses ours (pixel 40).
+    pixel = landmark_pixel_of(getattr(model, "metadata", {}) or {}) if cfg.init else LANDMARK_PIXEL[0]
+    if pixel != LANDMARK_PIXEL[0]:
+        log.info("Fine-tuning weights that see the landmark at patch pixel %d; the new model keeps it.", pixel)
+    sampler = PatchSampler(train_vols, cfg.augment, device, landmark_pixel=pixel)
+    val_sampler = PatchSampler(val_vols, cfg.augment, device, landmark_pixel=pixel) if val_vols else sampler
     chunk = max(cfg.batch_size, 256)
     prog.update(0.1, f"Drawing {cfg.val_samples} validation patches")
     val_x, val_y = _fixed_batch(val_sampler, cfg.val_samples, cfg.seed + 104729, chunk)
 
-    model, init_info = _build_model(cfg, device)
     if cfg.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     else:
@@ -364,7 +370,7 @@ def train_smicnet(data: str | os.PathLike | Iterable[LandmarkCase], out_dir: str
                        val_metrics=val_metrics, train_cases=[c.case_id for c in train_cases],
                        val_cases=[c.case_id for c in val_cases], validation=validation, device=choice.name)
     source = {"format": TORCH_FORMAT, "file": f"{cfg.model_id}.pt", "trained_by": f"CochleaToolkit {toolkit_version}",
-              "task": TASK, "landmark_pixel": list(LANDMARK_PIXEL), "config": cfg.to_dict(), "init": init_info,
+              "task": TASK, "landmark_pixel": [pixel, pixel], "config": cfg.to_dict(), "init": init_info,
               "cases": {"train": [by_id[c].describe() for c in result_args["train_cases"]],
                         "validation": [by_id[c].describe() for c in result_args["val_cases"]]},
               "validation": validation, "epochs_run": len(history), "best_epoch": best_epoch,
@@ -390,11 +396,11 @@ def model_entry(cfg: SmicnetTrainingConfig, model_path: Path, source: dict[str, 
         f"({len(source['cases']['train'])} training, {len(source['cases']['validation'])} validation), best epoch "
         f"{source['best_epoch']} of {source['epochs_run']}; validation accuracy {m.get('accuracy', 0.0):.3f}, "
         f"macro F1 {m.get('f1_macro', 0.0):.3f} ({source['validation'].split(':')[0]}). The landmark is at patch "
-        f"pixel (40, 40).")
+        f"pixel ({source['landmark_pixel'][0]}, {source['landmark_pixel'][1]}).")
     return ModelEntry(
         id=cfg.model_id, version=cfg.version, task=TASK,
         input={"patch": [PATCH_SIZE, PATCH_SIZE], "spacing_mm": SPACING_MM, "classes": list(CLASS_NAMES),
-               "landmark_pixel": list(LANDMARK_PIXEL)},
+               "landmark_pixel": list(source["landmark_pixel"])},
         file=model_path.name, sha256=sha256_file(model_path),
         source=f"trained by CochleaToolkit {toolkit_version} (cochlea train smicnet; settings and cases in the "
                "weight file's metadata)",

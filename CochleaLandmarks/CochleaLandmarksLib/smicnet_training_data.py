@@ -88,8 +88,12 @@ class TrainingVolume:
 
 
 def patch_reach_vox(scale_max: float = MAX_SCALE) -> float:
-    """Farthest distance (voxels) of a patch pixel from its centre, at any rotation and scale <= ``scale_max``."""
-    return float(np.sqrt(2.0) * HALF * scale_max)
+    """Farthest distance (voxels) of a patch pixel from its centre, at any rotation and scale <= ``scale_max``.
+
+    The centre (the landmark) sits at pixel 40 for our models or 41 when fine-tuning the authors' weights
+    (their convention is kept, see ``PatchSampler``), so a pixel lies up to 41 pixels from it along each axis.
+    """
+    return float(np.sqrt(2.0) * (HALF + 1) * scale_max)
 
 
 def structure_points(array: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, quantile: float = 0.9,

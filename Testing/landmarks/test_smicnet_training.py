@@ -82,6 +82,21 @@ def test_unrotated_patches_are_the_voxels_with_the_landmark_at_pixel_40():
     assert patches[0][40, 40] == pytest.approx(v[i, j, k], abs=2e-5)
 
 
+def test_the_authors_convention_puts_the_landmark_at_pixel_41():
+    """Fine-tuning the published weights samples their unrotated crop (landmark at pixel 41), not ours."""
+    vol = _grid_volume()
+    sampler = PatchSampler([vol], landmark_pixel=41)
+    v = vol.array.T
+    i, j, k = vol.landmarks_ijk[0].astype(int)
+    centres = torch.tensor(np.array([vol.landmarks_ijk[0]] * 2), dtype=torch.float32)
+    patches = sampler.extract(torch.zeros(2, dtype=torch.int64), centres, torch.tensor([False, True])).numpy()
+    np.testing.assert_allclose(patches[0], v[i, j - 41:j + 40, k - 41:k + 40], atol=2e-5)
+    np.testing.assert_allclose(patches[1], v[i - 41:i + 40, j, k - 41:k + 40], atol=2e-5)
+    assert patches[0][41, 41] == pytest.approx(v[i, j, k], abs=2e-5)
+    with pytest.raises(InvalidInputError, match="pixel 40 .* or 41"):
+        PatchSampler([vol], landmark_pixel=39)
+
+
 def test_rotation_and_scale_keep_the_centre_value():
     vol = _grid_volume()
     sampler = PatchSampler([vol])
@@ -274,6 +289,42 @@ def test_tiny_training_writes_loadable_outputs_and_registers(phantom_dir, tmp_pa
 
     detector = load_detector(model="smicnet-test", device="cpu")
     assert detector.model_id == "smicnet-test" and detector.landmark_pixel == 40
+
+
+SMICNET_DIR = REPO.parent / "shared" / "models" / "smicnet"
+PUBLISHED_5 = SMICNET_DIR / "model_epoch_100_5volumes_authorprovided.h5"
+
+
+@pytest.mark.skipif(not PUBLISHED_5.is_file(), reason=f"{PUBLISHED_5} is absent (../shared not beside the repository)")
+@pytest.mark.parametrize("how", ["registry id", "h5 file"])
+def test_fine_tuning_starts_from_the_published_weights_and_keeps_their_landmark_pixel(phantom_dir, tmp_path,
+                                                                                    monkeypatch, how):
+    """The few-shot route of the authors: start from their 5-volume model, train on your own cases.
+
+    With a vanishing learning rate the trainable weights must come out as the published ones (the run really
+    starts from them); the new model keeps their convention (landmark at pixel 41), records where it came
+    from, and detection centres its windows accordingly.
+    """
+    from CochleaLandmarksLib.keras_import import load_smicnet_weights, read_smicnet_pt
+    from CochleaLandmarksLib.landmark_detection import load_detector
+
+    monkeypatch.setenv("COCHLEA_TOOLKIT_MODEL_DIRS", str(SMICNET_DIR))
+    init = "smicnet-published-5" if how == "registry id" else str(PUBLISHED_5)
+    published = load_smicnet_weights(init)
+    cfg = st.SmicnetTrainingConfig(model_id="smicnet-tuned", init=init, lr=1e-12, val_fraction=0.34, **TINY)
+    st.train_smicnet(phantom_dir, tmp_path / "out", cfg)
+    tuned = load_smicnet_weights(tmp_path / "out" / "smicnet-tuned.pt")
+    before = {n: p.detach() for n, p in published.named_parameters()}
+    after = dict(tuned.named_parameters())
+    assert before.keys() == after.keys()
+    for name, value in before.items():
+        torch.testing.assert_close(after[name].detach(), value, atol=1e-6, rtol=0, msg=name)
+    doc = read_smicnet_pt(tmp_path / "out" / "smicnet-tuned.pt")
+    assert doc["source"]["landmark_pixel"] == [41, 41]
+    assert doc["source"]["init"]["sha256"] == published.metadata["sha256"]
+    entry = ModelEntry.from_dict(json.loads((tmp_path / "out" / "smicnet-tuned.json").read_text()))
+    assert entry.input["landmark_pixel"] == [41, 41] and "pixel (41, 41)" in entry.description
+    assert load_detector(model=str(tmp_path / "out" / "smicnet-tuned.pt"), device="cpu").landmark_pixel == 41
 
 
 def test_early_stopping_restores_the_best_weights(phantom_dir, tmp_path, monkeypatch):

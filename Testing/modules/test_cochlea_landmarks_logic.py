@@ -458,6 +458,7 @@ def test_train_checks_its_inputs_before_training(module, tmp_path: Path) -> None
 
 
 def test_train_calls_the_core_with_the_settings(module, monkeypatch, tmp_path: Path) -> None:
+    from CochleaCommonLib.errors import InvalidInputError
     from CochleaLandmarksLib import smicnet_training
 
     if torch is None:
@@ -482,8 +483,15 @@ def test_train_calls_the_core_with_the_settings(module, monkeypatch, tmp_path: P
                                                    progressCallback=lambda f, m: reports.append(m))
     (got_data, got_out, config, register), = calls
     assert got_data == data and got_out == tmp_path / "out" and register is True
-    assert (config.epochs, config.device, config.model_id) == (3, "cpu", "smicnet-ours")
+    assert (config.epochs, config.device, config.model_id, config.init) == (3, "cpu", "smicnet-ours", None)
     assert reports == ["Epoch 1"]
+    # Fine-tuning published weights (the few-shot route) reaches the core as its init; the detector refuses it.
+    module.CochleaLandmarksLogic().train(data, tmp_path / "out", "smicnet-ours", 3, "cpu",
+                                         initialModel="smicnet-published-5")
+    assert calls[-1][2].init == "smicnet-published-5"
+    with pytest.raises(InvalidInputError, match="Starting from existing weights applies to SMICNet"):
+        module.CochleaLandmarksLogic().train(data, tmp_path / "out", "detector-ours", method="detector",
+                                             initialModel="smicnet-published-5")
     summary = module.CochleaLandmarksLogic.trainingSummary(trained)
     assert "Best epoch 2 of 3 (stopped early); validation accuracy 0.900, macro F1 0.800." in summary
     assert "choose 'smicnet-ours' as the model" in summary
