@@ -45,22 +45,31 @@ def lattice_covering(image: Image, source: Image, *, margin_vox: int = 0) -> tup
 
 
 def resample_channels(values: Any, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: np.ndarray,
-                      dst_shape_kji: tuple[int, int, int], *, device: Any = "cpu", default: float = 0.0) -> Any:
+                      dst_shape_kji: tuple[int, int, int], *, device: Any = "cpu", default: float = 0.0,
+                      separable: bool = True) -> Any:
     """Linear resampling of a channel stack ``values`` ``(C, k, j, i)`` onto another lattice, on ``device``.
 
     ``values`` is a numpy array or a torch tensor (kept on its device when ``device`` is the same).
     Returns a float32 tensor ``(C, *dst_shape_kji)`` on ``device``. World positions are kept: destination
     voxel ``(i, j, k)`` takes the source's value at ``dst_ijk_to_ras @ (i, j, k, 1)``.
+
+    When each destination axis runs along one source axis (axis-aligned, flipped or permuted grids: an
+    axial CT and the detector's LPS cube), trilinear interpolation is separable and is done as three small
+    matrix products, about ten times faster on a CPU than the general ``grid_sample`` path (``separable``
+    False forces that path; both give the same values).
     """
     torch = require_torch()
     src = torch.as_tensor(values).to(device=device, dtype=torch.float32)
     if src.dim() != 4:
         raise ValueError(f"Expected a channel stack (C, k, j, i), got shape {tuple(src.shape)}.")
+    dst_to_src = np.linalg.inv(np.asarray(src_ijk_to_ras, dtype=np.float64)) @ np.asarray(dst_ijk_to_ras, np.float64)
+    axes = _axis_permutation(dst_to_src[:3, :3]) if separable else None
+    if axes is not None:
+        return _resample_separable(src, dst_to_src, axes, dst_shape_kji, float(default))
     # One replicated edge voxel on every side: interpolating with zero padding then repeats the edge within
     # half a voxel of it, as ITK does (and is faster than grid_sample's border mode).
     src = torch.nn.functional.pad(src[None], (1, 1, 1, 1, 1, 1), mode="replicate")[0]
     n_src = np.array(src.shape[1:][::-1], dtype=np.float64) - 2.0  # i, j, k of the unpadded source
-    dst_to_src = np.linalg.inv(np.asarray(src_ijk_to_ras, dtype=np.float64)) @ np.asarray(dst_ijk_to_ras, np.float64)
     # grid_sample with align_corners=True reads padded index 0 at -1 and padded index n + 1 at +1.
     denom = n_src + 1.0
     a = (2.0 / denom)[:, None] * dst_to_src[:3, :3]
@@ -82,6 +91,59 @@ def resample_channels(values: Any, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: n
     if default:
         sampled.add_(float(default) * ~inside)
     return sampled
+
+
+def _axis_permutation(linear: np.ndarray, tolerance: float = 1e-6) -> list[int] | None:
+    """Source axis of each destination axis (i, j, k) when the map is a scaled signed permutation, else None."""
+    scale = np.abs(linear).max()
+    axes = [int(np.argmax(np.abs(linear[:, d]))) for d in range(3)]
+    if scale == 0 or sorted(axes) != [0, 1, 2]:
+        return None
+    off = linear.copy()
+    for d, a in enumerate(axes):
+        off[a, d] = 0.0
+    return axes if np.abs(off).max() <= tolerance * scale else None
+
+
+def _axis_weights(torch: Any, coords: np.ndarray, n: int, device: Any) -> tuple[Any, Any]:
+    """(n_dst, n) linear interpolation weights at continuous source indices ``coords``, ITK's way, and inside."""
+    inside = (coords >= -0.5) & (coords <= n - 0.5)
+    c = np.clip(coords, 0.0, n - 1.0)
+    low = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))
+    frac = c - low
+    high = np.minimum(low + 1, n - 1)
+    w = np.zeros((len(coords), n), dtype=np.float64)
+    rows = np.arange(len(coords))
+    np.add.at(w, (rows, low), 1.0 - frac)
+    np.add.at(w, (rows, high), frac)
+    w[~inside] = 0.0
+    return (torch.as_tensor(w, dtype=torch.float32, device=device),
+            torch.as_tensor(inside, dtype=torch.float32, device=device))
+
+
+def _resample_separable(src: Any, dst_to_src: np.ndarray, axes: list[int], dst_shape_kji: tuple[int, int, int],
+                        default: float) -> Any:
+    """The separable case of :func:`resample_channels`: one weight matrix per axis, three products."""
+    torch = require_torch()
+    n_src = src.shape[1:][::-1]  # i, j, k
+    nk, nj, ni = (int(s) for s in dst_shape_kji)
+    weights, insides = [], []
+    for d, n_dst in enumerate((ni, nj, nk)):
+        a = axes[d]
+        coords = dst_to_src[a, d] * np.arange(n_dst, dtype=np.float64) + dst_to_src[a, 3]
+        w, inside = _axis_weights(torch, coords, int(n_src[a]), src.device)
+        weights.append(w)
+        insides.append(inside)
+    # Source tensor dims in destination order (k, j, i); tensor dim of source axis a is 3 - a.
+    s = src.permute(0, 3 - axes[2], 3 - axes[1], 3 - axes[0])
+    s = torch.matmul(s, weights[0].T)                                   # (C, k', j', i)
+    s = torch.matmul(s.transpose(2, 3), weights[1].T).transpose(2, 3)   # (C, k', j, i)
+    c, kk, jj, ii = s.shape
+    s = torch.matmul(weights[2], s.reshape(c, kk, jj * ii)).reshape(c, nk, jj, ii)  # (C, k, j, i)
+    if default:
+        mask = insides[2][:, None, None] * insides[1][None, :, None] * insides[0][None, None, :]
+        s = s + float(default) * (1.0 - mask)
+    return s.contiguous()
 
 
 def maps_on_lattice_of(image: Image, maps: dict[str, Image], *, device: Any = "cpu",

@@ -92,3 +92,28 @@ def test_outside_the_map_takes_the_default_value_as_in_simpleitk():
     ours = resample_channels(prob.array[None], prob.ijk_to_ras, m, shape, default=-2.0)[0].numpy()
     assert (reference == -2.0).any()
     np.testing.assert_allclose(ours, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize(("case", "axes"), [("translated", "canonical"), ("flipped", "canonical"),
+                                            ("flipped", "flipped"), ("translated", "flipped")])
+def test_the_separable_path_of_aligned_grids_equals_the_general_one(case, axes):
+    """Axis-aligned, flipped and permuted grids take three matrix products instead of grid_sample: same voxels."""
+    from CochleaCommonLib.lattice_resample import _axis_permutation
+
+    image = _input(case)
+    prob = _map_inside(image, MAP_AXES[axes], seed=11)
+    m, shape = lattice_covering(image, prob, margin_vox=2)
+    assert _axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ m)[:3, :3]) is not None
+    fast = resample_channels(np.stack([prob.array, 1.0 - prob.array]), prob.ijk_to_ras, m, shape, default=-1.0)
+    general = resample_channels(np.stack([prob.array, 1.0 - prob.array]), prob.ijk_to_ras, m, shape, default=-1.0,
+                                separable=False)
+    assert (general == -1.0).any() and (general > 0).any()
+    np.testing.assert_allclose(fast.numpy(), general.numpy(), atol=1e-5)
+
+
+def test_oblique_grids_take_the_general_path():
+    from CochleaCommonLib.lattice_resample import _axis_permutation
+
+    image = _input("oblique")
+    prob = _map_inside(image, MAP_AXES["canonical"])
+    assert _axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ image.ijk_to_ras)[:3, :3]) is None
