@@ -74,6 +74,7 @@ class AugmentConfig:
     background_fraction: float = 0.5
     hard_negative_fraction: float = 0.4
     structure_fraction: float = 0.3
+    mined_fraction: float = 0.0
     jitter_vox: float = 0.5
     min_background_distance_vox: float = 3.0
     hard_shell_max_vox: float = 12.0
@@ -98,13 +99,14 @@ class AugmentConfig:
 
     def validate(self) -> None:
         """Raise :class:`InvalidInputError` for values that cannot work."""
-        for name in ("background_fraction", "hard_negative_fraction", "structure_fraction", "coronal_prob",
+        for name in ("background_fraction", "hard_negative_fraction", "structure_fraction", "mined_fraction",
+                     "coronal_prob",
                      "rotate_prob", "intensity_prob", "filter_prob", "pad_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InvalidInputError(f"{name} must be between 0 and 1, got {value}.")
-        if self.hard_negative_fraction + self.structure_fraction > 1.0:
-            raise InvalidInputError("hard_negative_fraction + structure_fraction must not exceed 1.")
+        if self.hard_negative_fraction + self.structure_fraction + self.mined_fraction > 1.0 + 1e-9:
+            raise InvalidInputError("hard_negative_fraction + structure_fraction + mined_fraction must not exceed 1.")
         if self.background_fraction >= 1.0:
             raise InvalidInputError("background_fraction must be below 1 (some landmark patches are needed).")
         if self.jitter_vox < 0 or self.jitter_vox >= self.min_background_distance_vox:
@@ -227,6 +229,8 @@ class PatchSampler:
         self.case_ids = [v.case_id for v in volumes]
         self.structure = [torch.from_numpy(np.asarray(v.structure_ijk, dtype=np.float32)).to(self.device)
                           for v in volumes]
+        self.mined = [torch.from_numpy(np.asarray(v.mined_ijk, dtype=np.float32).reshape(-1, 3)).to(self.device)
+                      for v in volumes]
 
     # random helpers (all on the device, all from the given generator)
     def _rand(self, g: Any, *shape: int) -> Any:
@@ -258,12 +262,14 @@ class PatchSampler:
         inside = ((points >= 0) & (points <= self.limits[case])).all(dim=1)
         return (d > self.config.min_background_distance_vox).all(dim=1) & inside
 
-    def _structure_draw(self, case: Any, fallback: Any, g: Any) -> Any:
-        """A strong-edge voxel (+- 0.5 voxel) of each case in ``case``; ``fallback`` where a case has none."""
+    def _structure_draw(self, case: Any, fallback: Any, g: Any, pools: list | None = None) -> Any:
+        """A point (+- 0.5 voxel) of each case's pool (default: its strong-edge voxels); ``fallback`` where a
+        case has none."""
         torch = require_torch()
         out = fallback.clone()
+        pools = self.structure if pools is None else pools
         for c in torch.unique(case).tolist():
-            points = self.structure[c]
+            points = pools[c]
             if points.shape[0] == 0:
                 continue
             idx = (case == c).nonzero()[:, 0]
@@ -272,14 +278,19 @@ class PatchSampler:
         return out
 
     def background_centres(self, case: Any, g: Any) -> Any:
-        """Background centres for the cases ``case`` (n,): hard (shell) first, then structure, then uniform."""
+        """Background centres for the cases ``case`` (n,): hard (shell) first, then structure, then mined (the
+        model's own false positives, see :mod:`smicnet_mining`; a case without any gets a shell point), then
+        uniform."""
         torch = require_torch()
         cfg = self.config
         n = case.shape[0]
         position = torch.arange(n, device=self.device)
         n_hard = int(round(n * cfg.hard_negative_fraction))
+        n_structure = int(round(n * cfg.structure_fraction))
         hard = position < n_hard
-        structure = (position >= n_hard) & (position < n_hard + int(round(n * cfg.structure_fraction)))
+        structure = (position >= n_hard) & (position < n_hard + n_structure)
+        n_mined = int(round(n * cfg.mined_fraction))
+        mined = (position >= n_hard + n_structure) & (position < n_hard + n_structure + n_mined)
         out = torch.zeros(n, 3, device=self.device)
         todo = torch.ones(n, dtype=torch.bool, device=self.device)
         for _ in range(_MAX_REDRAWS):
@@ -295,6 +306,9 @@ class PatchSampler:
             if bool(structure[idx].any()):
                 s_idx = structure[idx].nonzero()[:, 0]
                 cand[s_idx] = self._structure_draw(c[s_idx], box[s_idx], g)
+            if bool(mined[idx].any()):
+                m_idx = mined[idx].nonzero()[:, 0]
+                cand[m_idx] = self._structure_draw(c[m_idx], shell[m_idx], g, self.mined)
             ok = self._far_from_landmarks(c, cand)
             out[idx[ok]] = cand[ok]
             todo[idx[ok]] = False

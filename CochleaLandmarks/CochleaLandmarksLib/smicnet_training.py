@@ -86,6 +86,7 @@ class SmicnetTrainingConfig:
     seed: int = 0
     device: str = "auto"
     init: str | None = None  # a registry id (e.g. smicnet-published-5) or a weights file to fine-tune
+    mine_from: str | None = None  # a SMICNet model whose mistakes on the training cases become background
     threads: int | None = None
     background_extent_mm: float = DEFAULT_BACKGROUND_EXTENT_MM
     description: str = ""
@@ -109,6 +110,9 @@ class SmicnetTrainingConfig:
             raise InvalidInputError(f"optimizer must be 'adam' or 'rmsprop', got '{self.optimizer}'.")
         if self.schedule not in ("cosine", "plateau"):
             raise InvalidInputError(f"schedule must be 'cosine' or 'plateau', got '{self.schedule}'.")
+        if bool(self.mine_from) != (self.augment.mined_fraction > 0):
+            raise InvalidInputError("Hard-negative mining needs both a model to mine with (mine_from) and a share of "
+                                    "the background for its points (augment.mined_fraction > 0).")
         if self.threads is not None and self.threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {self.threads}.")
         self.augment.validate()
@@ -233,6 +237,29 @@ def _build_model(config: SmicnetTrainingConfig, device: Any) -> tuple[Any, dict[
     return model.train(), info
 
 
+def _mine(cfg: SmicnetTrainingConfig, cases: list[LandmarkCase], volumes: list[TrainingVolume], device: str,
+          progress: Progress) -> dict[str, Any]:
+    """Attach the ``mine_from`` model's mistakes to the training volumes (crop indices); a summary to record."""
+    from .smicnet_detector import load_smicnet_detector
+    from .smicnet_mining import MINING_MIN_DISTANCE_MM, MINING_THRESHOLD, mine_false_positives
+
+    detector = load_smicnet_detector(cfg.mine_from, device=device)
+    mined = mine_false_positives(detector, cases, seed=cfg.seed, progress=progress)
+    per_landmark: dict[str, int] = {}
+    for volume in volumes:
+        ras = mined[volume.case_id]["points_ras"]
+        inv = np.linalg.inv(volume.ijk_to_ras)
+        volume.mined_ijk = (ras @ inv[:3, :3].T + inv[:3, 3]).astype(np.float32)
+        for name, count in mined[volume.case_id]["per_landmark"].items():
+            per_landmark[name] = per_landmark.get(name, 0) + count
+    summary = {"from": detector.model_id, "threshold": MINING_THRESHOLD, "min_distance_mm": MINING_MIN_DISTANCE_MM,
+               "wrong_voxels_per_landmark": per_landmark, "points": int(sum(len(v.mined_ijk) for v in volumes)),
+               "cases_with_mistakes": int(sum(len(v.mined_ijk) > 0 for v in volumes))}
+    log.info("Mined %d background points from %s's mistakes (%s).", summary["points"], detector.model_id,
+             ", ".join(f"{k}: {v}" for k, v in per_landmark.items()))
+    return summary
+
+
 def _json_safe(data: Any) -> Any:
     return json.loads(json.dumps(data, default=str))
 
@@ -291,6 +318,7 @@ def train_smicnet(data: str | os.PathLike | Iterable[LandmarkCase], out_dir: str
     pixel = landmark_pixel_of(getattr(model, "metadata", {}) or {}) if cfg.init else LANDMARK_PIXEL[0]
     if pixel != LANDMARK_PIXEL[0]:
         log.info("Fine-tuning weights that see the landmark at patch pixel %d; the new model keeps it.", pixel)
+    mining = _mine(cfg, train_cases, train_vols, choice.name, prog.sub(0.1, 0.15)) if cfg.mine_from else None
     sampler = PatchSampler(train_vols, cfg.augment, device, landmark_pixel=pixel)
     val_sampler = PatchSampler(val_vols, cfg.augment, device, landmark_pixel=pixel) if val_vols else sampler
     chunk = max(cfg.batch_size, 256)
@@ -371,6 +399,7 @@ def train_smicnet(data: str | os.PathLike | Iterable[LandmarkCase], out_dir: str
                        val_cases=[c.case_id for c in val_cases], validation=validation, device=choice.name)
     source = {"format": TORCH_FORMAT, "file": f"{cfg.model_id}.pt", "trained_by": f"CochleaToolkit {toolkit_version}",
               "task": TASK, "landmark_pixel": [pixel, pixel], "config": cfg.to_dict(), "init": init_info,
+              "mining": mining,
               "cases": {"train": [by_id[c].describe() for c in result_args["train_cases"]],
                         "validation": [by_id[c].describe() for c in result_args["val_cases"]]},
               "validation": validation, "epochs_run": len(history), "best_epoch": best_epoch,

@@ -68,6 +68,8 @@ class TrainingVolume:
         metal_zeroed: whether the authors' metal test triggered on this volume.
         structure_ijk: ``(M, 3)`` voxel indices in the background region with strong edges (see
             :func:`structure_points`), where "structure" background patches are drawn.
+        mined_ijk: ``(P, 3)`` continuous indices where an earlier model scored a landmark wrongly (see
+            :mod:`smicnet_mining`), where "mined" background patches are drawn; empty unless mining.
     """
 
     case_id: str
@@ -79,6 +81,7 @@ class TrainingVolume:
     source_spacing_mm: tuple[float, float, float]
     metal_zeroed: bool
     structure_ijk: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.float32))
+    mined_ijk: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), dtype=np.float32))
 
     def describe(self) -> dict:
         """A JSON-friendly summary for the weight file's metadata."""

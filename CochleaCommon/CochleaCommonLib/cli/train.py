@@ -56,11 +56,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--init", default=None, metavar="ID|FILE",
                    help="start from these weights (a registry id such as smicnet-published-5, or a file)")
+    p.add_argument("--mine-from", default=None, metavar="ID|FILE",
+                   help="hard-negative mining: sweep the training cases with this SMICNet model and use the places "
+                        "it scores a landmark wrongly (> 0.9 mm away) as background patches (often with --init of "
+                        "the same model)")
+    p.add_argument("--mined-fraction", type=float, default=None, metavar="F",
+                   help="share of the background patches drawn from the mined points (default with --mine-from: "
+                        "0.2, taken from the uniform share)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--register", action="store_true",
                    help="also install the model in the per-user cache and the user registry")
     p.set_defaults(handler=run_smicnet)
     _register_detector(models)
+
+
+def _mined_fraction(args: argparse.Namespace) -> float:
+    """The mined share of the background: as given, 0.2 by default with --mine-from, else 0."""
+    if args.mined_fraction is not None:
+        return float(args.mined_fraction)
+    return 0.2 if args.mine_from else 0.0
 
 
 def _stages(text: str) -> tuple[str, ...]:
@@ -136,8 +150,9 @@ def run_smicnet(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         schedule=args.schedule, val_fraction=args.val_fraction, val_samples=args.val_samples,
         patience=args.patience, background_extent_mm=args.background_extent, seed=args.seed, device=args.device,
-        init=args.init, threads=args.threads,
-        augment=AugmentConfig(background_fraction=args.background_fraction))
+        init=args.init, threads=args.threads, mine_from=args.mine_from,
+        augment=AugmentConfig(background_fraction=args.background_fraction,
+                              mined_fraction=_mined_fraction(args)))
     config.validate()
     with cli_progress(args) as progress:
         result = train_smicnet(args.data, args.out, config, progress=progress, register=args.register)
