@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -239,17 +240,23 @@ def _build_model(config: SmicnetTrainingConfig, device: Any) -> tuple[Any, dict[
 
 def _mine(cfg: SmicnetTrainingConfig, cases: list[LandmarkCase], volumes: list[TrainingVolume], device: str,
           progress: Progress) -> dict[str, Any]:
-    """Attach the ``mine_from`` model's mistakes to the training volumes (crop indices); a summary to record."""
+    """Attach the ``mine_from`` model's mistakes to the training volumes (crop indices, replaced in ``volumes``);
+    return a summary to record."""
     from .smicnet_detector import load_smicnet_detector
     from .smicnet_mining import MINING_MIN_DISTANCE_MM, MINING_THRESHOLD, mine_false_positives
 
     detector = load_smicnet_detector(cfg.mine_from, device=device)
     mined = mine_false_positives(detector, cases, seed=cfg.seed, progress=progress)
     per_landmark: dict[str, int] = {}
-    for volume in volumes:
-        ras = mined[volume.case_id]["points_ras"]
+    for n, volume in enumerate(volumes):
+        ras = np.asarray(mined[volume.case_id]["points_ras"], dtype=np.float64).reshape(-1, 3)
         inv = np.linalg.inv(volume.ijk_to_ras)
-        volume.mined_ijk = (ras @ inv[:3, :3].T + inv[:3, 3]).astype(np.float32)
+        ijk = ras @ inv[:3, :3].T + inv[:3, 3]
+        # Only points the sampler can use: inside the crop and away from every landmark (as any background).
+        limits = np.array(volume.array.shape[::-1], dtype=np.float64) - 1.0
+        far = np.linalg.norm(ijk[:, None, :] - volume.landmarks_ijk[None], axis=-1).min(axis=1, initial=np.inf)
+        keep = np.all((ijk >= 0) & (ijk <= limits), axis=1) & (far > cfg.augment.min_background_distance_vox)
+        volumes[n] = dataclasses.replace(volume, mined_ijk=ijk[keep].astype(np.float32))
         for name, count in mined[volume.case_id]["per_landmark"].items():
             per_landmark[name] = per_landmark.get(name, 0) + count
     summary = {"from": detector.model_id, "threshold": MINING_THRESHOLD, "min_distance_mm": MINING_MIN_DISTANCE_MM,

@@ -10,6 +10,7 @@ not the accuracy.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -230,6 +231,81 @@ def test_sampling_is_reproducible_with_a_seed():
     assert torch.equal(a.patches, b.patches) and torch.equal(a.labels, b.labels)
 
 
+def _with_mined(vol: TrainingVolume, points) -> TrainingVolume:
+    return dataclasses.replace(vol, mined_ijk=np.asarray(points, dtype=np.float32))
+
+
+def test_mined_background_is_drawn_at_the_models_mistakes():
+    """With mining, that share of the background lies at the mined points (+- half a voxel); a case without any
+    mistakes falls back to the shell around its landmarks; every point still keeps away from the landmarks."""
+    mistakes = np.array([[60.0, 48.0, 50.0], [45.0, 30.0, 52.0]])  # > 3 voxels from every landmark
+    cfg = AugmentConfig(hard_negative_fraction=0.0, structure_fraction=0.0, mined_fraction=1.0)
+    sampler = PatchSampler([_with_mined(_grid_volume(), mistakes), _grid_volume(seed=1)], cfg)
+    g = torch.Generator().manual_seed(5)
+    case = torch.tensor([0] * 40 + [1] * 40)
+    centres = sampler.background_centres(case, g)
+    own = centres[:40, None, :] - torch.tensor(mistakes, dtype=torch.float32)
+    assert float(own.abs().max(dim=-1).values.min(dim=1).values.max()) <= 0.5 + 1e-6
+    both = {tuple(np.round(c)) for c in centres[:40].numpy()}
+    assert {(60.0, 48.0, 50.0), (45.0, 30.0, 52.0)} <= both
+    shell = (centres[40:, None, :] - sampler.landmarks[1]).norm(dim=-1).min(dim=1).values
+    assert float(shell.min()) > 3.0 and float(shell.max()) <= 12.0 + 1e-5  # no mistakes: hard shell instead
+
+
+def test_without_a_mined_share_the_sampling_is_unchanged():
+    """Mined points alone change nothing (the bundled models' runs stay reproducible)."""
+    plain = PatchSampler([_grid_volume()])
+    mined = PatchSampler([_with_mined(_grid_volume(), [[60.0, 48.0, 50.0]])])
+    a = plain.sample(32, torch.Generator().manual_seed(9))
+    b = mined.sample(32, torch.Generator().manual_seed(9))
+    assert torch.equal(a.centres, b.centres) and torch.equal(a.patches, b.patches)
+
+
+def test_mining_needs_a_model_and_a_share():
+    with pytest.raises(InvalidInputError, match="mining needs both"):
+        st.SmicnetTrainingConfig(mine_from="smicnet-phantom").validate()
+    with pytest.raises(InvalidInputError, match="mining needs both"):
+        st.SmicnetTrainingConfig(augment=AugmentConfig(mined_fraction=0.2)).validate()
+    with pytest.raises(InvalidInputError, match="must not exceed 1"):
+        AugmentConfig(mined_fraction=0.4).validate()  # 0.4 hard + 0.3 structure + 0.4 mined
+    st.SmicnetTrainingConfig(mine_from="smicnet-phantom", augment=AugmentConfig(mined_fraction=0.2)).validate()
+
+
+def test_mining_keeps_only_the_wrong_detections(monkeypatch, tmp_path):
+    """The sweep's voxels above threshold that lie farther than 0.9 mm from their own landmark, in RAS, on an
+    oblique map grid; a detection on the landmark itself is not a mistake."""
+    from CochleaCommonLib.markups_io import write_markups
+    from CochleaCommonLib.points import PointList
+    from CochleaLandmarksLib import smicnet_detector, smicnet_mining
+    from CochleaLandmarksLib.landmark_dataset import LandmarkCase
+
+    truth = {"Helicotrema": np.array([3.0, 2.0, 1.0]), "Modiolus base": np.array([0.0, 0.0, 0.0]),
+             "Round Window": np.array([-2.0, 3.0, -1.0])}
+    landmarks = tmp_path / "c_landmarks.fcsv"
+    write_markups(PointList(np.array(list(truth.values())), list(truth)), landmarks, coordinate_system="LPS")
+    axes = rotation_matrix([1.0, -2.0, 0.5], 33.0)
+    origin = np.array([0.5, 1.0, -0.5]) - axes @ np.full(3, 0.3 * 24.5)  # a 15 mm cube holding every point
+    grid = Image.from_geometry(np.zeros((50, 50, 50), np.float32), (0.3, 0.3, 0.3), origin, axes)
+    wrong_apex = truth["Helicotrema"] + np.array([0.0, 0.0, -2.5])  # the next turn down
+
+    def fake_maps(image, seed, detector, **kwargs):
+        maps = {}
+        for name, point in truth.items():
+            array = np.zeros(grid.array.shape, np.float32)
+            for centre, value in [(point, 0.99)] + ([(wrong_apex, 0.8)] if name == "Helicotrema" else []):
+                i, j, k = np.round(grid.ras_to_continuous_index(centre)).astype(int)
+                array[k - 1:k + 2, j - 1:j + 2, i - 1:i + 2] = value  # 27 voxels, within 0.52 mm of the centre
+            maps[name] = grid.with_array(array)
+        return {"maps": maps}
+
+    monkeypatch.setattr(smicnet_detector, "smicnet_maps", fake_maps)
+    monkeypatch.setattr(smicnet_mining, "read_volume", lambda path: grid)
+    mined = smicnet_mining.mine_false_positives(None, [LandmarkCase("c", tmp_path / "c.nrrd", landmarks)])
+    points = mined["c"]["points_ras"]
+    assert mined["c"]["per_landmark"] == {"Helicotrema": 27, "Modiolus base": 0, "Round Window": 0}
+    assert points.shape == (27, 3) and np.linalg.norm(points - wrong_apex, axis=1).max() < 0.8
+
+
 # --- pieces of the training loop ------------------------------------------------------------------------
 def test_metrics_and_case_split():
     m = st.classification_metrics(np.array([0, 0, 1, 2, 3, 3]), np.array([0, 1, 1, 2, 3, 0]))
@@ -325,6 +401,53 @@ def test_fine_tuning_starts_from_the_published_weights_and_keeps_their_landmark_
     entry = ModelEntry.from_dict(json.loads((tmp_path / "out" / "smicnet-tuned.json").read_text()))
     assert entry.input["landmark_pixel"] == [41, 41] and "pixel (41, 41)" in entry.description
     assert load_detector(model=str(tmp_path / "out" / "smicnet-tuned.pt"), device="cpu").landmark_pixel == 41
+
+
+def test_training_with_mining_uses_and_records_the_mistakes(phantom_dir, tmp_path, monkeypatch):
+    """--mine-from: the training cases (never the validation case) are mined, their points reach the sampler in
+    crop indices, and the weight file records the mining."""
+    from CochleaLandmarksLib import smicnet_detector, smicnet_mining
+    from CochleaLandmarksLib.keras_import import read_smicnet_pt
+
+    seen: dict = {}
+
+    from CochleaLandmarksLib.landmark_dataset import read_ground_truth
+
+    def fake_mine(detector, cases, **kwargs):
+        seen["cases"] = [c.case_id for c in cases]
+        out = {}
+        for c in cases:
+            centre = np.mean(list(read_ground_truth(c.landmarks_path).values()), axis=0)
+            # one mistake 4 mm above the landmarks, one far outside the volume (dropped)
+            seen[c.case_id] = centre + [0.0, 0.0, 4.0]
+            out[c.case_id] = {"points_ras": np.array([centre + [0.0, 0.0, 4.0], centre + 500.0]),
+                              "per_landmark": {"Helicotrema": 2}}
+        return out
+
+    original = st.PatchSampler
+
+    def spy(volumes, *args, **kwargs):
+        seen.setdefault("samplers", []).append([v.mined_ijk.copy() for v in volumes])
+        seen.setdefault("volumes", []).append(volumes)
+        return original(volumes, *args, **kwargs)
+
+    monkeypatch.setattr(smicnet_detector, "load_smicnet_detector", lambda model, device: type(
+        "D", (), {"model_id": model})())
+    monkeypatch.setattr(smicnet_mining, "mine_false_positives", fake_mine)
+    monkeypatch.setattr(st, "PatchSampler", spy)
+    cfg = st.SmicnetTrainingConfig(model_id="smicnet-mined", mine_from="smicnet-old", val_fraction=0.34,
+                                   augment=AugmentConfig(mined_fraction=0.2), **TINY)
+    result = st.train_smicnet(phantom_dir, tmp_path / "out", cfg)
+    assert sorted(seen["cases"]) == sorted(result.train_cases) and result.val_cases[0] not in seen["cases"]
+    train_volumes = seen["volumes"][0]
+    for volume, mined in zip(train_volumes, seen["samplers"][0]):
+        assert mined.shape == (1, 3)
+        np.testing.assert_allclose(volume.ijk_to_ras[:3, :3] @ mined[0] + volume.ijk_to_ras[:3, 3],
+                                   seen[volume.case_id], atol=1e-4)
+    assert all(len(m) == 0 for m in seen["samplers"][1])  # the validation sampler has no mined points
+    record = read_smicnet_pt(tmp_path / "out" / "smicnet-mined.pt")["source"]["mining"]
+    assert record["from"] == "smicnet-old" and record["points"] == 2 and record["wrong_voxels_per_landmark"] == {
+        "Helicotrema": 4}
 
 
 def test_early_stopping_restores_the_best_weights(phantom_dir, tmp_path, monkeypatch):
