@@ -54,6 +54,7 @@ from .keras_import import TORCH_FORMAT, save_smicnet_weights
 from .landmark_dataset import LandmarkCase
 from .smicnet_augment import LANDMARK_PIXEL, AugmentConfig, PatchSampler
 from .smicnet_detector import landmark_pixel_of
+from .smicnet_mining import MINING_MIN_DISTANCE_MM
 from .smicnet_model import CLASS_NAMES, PATCH_SIZE, SPACING_MM, build_smicnet
 from .smicnet_training_data import DEFAULT_BACKGROUND_EXTENT_MM, MAX_SCALE, TrainingVolume, load_cases, resolve_cases
 
@@ -88,6 +89,7 @@ class SmicnetTrainingConfig:
     device: str = "auto"
     init: str | None = None  # a registry id (e.g. smicnet-published-5) or a weights file to fine-tune
     mine_from: str | None = None  # a SMICNet model whose mistakes on the training cases become background
+    mine_min_distance_mm: float = MINING_MIN_DISTANCE_MM  # a detection farther than this from its landmark is a mistake
     threads: int | None = None
     background_extent_mm: float = DEFAULT_BACKGROUND_EXTENT_MM
     description: str = ""
@@ -114,6 +116,8 @@ class SmicnetTrainingConfig:
         if bool(self.mine_from) != (self.augment.mined_fraction > 0):
             raise InvalidInputError("Hard-negative mining needs both a model to mine with (mine_from) and a share of "
                                     "the background for its points (augment.mined_fraction > 0).")
+        if not (self.mine_min_distance_mm > 0 and math.isfinite(self.mine_min_distance_mm)):
+            raise InvalidInputError(f"mine_min_distance_mm must be positive, got {self.mine_min_distance_mm}.")
         if self.threads is not None and self.threads < 1:
             raise InvalidInputError(f"threads must be at least 1, got {self.threads}.")
         self.augment.validate()
@@ -243,10 +247,11 @@ def _mine(cfg: SmicnetTrainingConfig, cases: list[LandmarkCase], volumes: list[T
     """Attach the ``mine_from`` model's mistakes to the training volumes (crop indices, replaced in ``volumes``);
     return a summary to record."""
     from .smicnet_detector import load_smicnet_detector
-    from .smicnet_mining import MINING_MIN_DISTANCE_MM, MINING_THRESHOLD, mine_false_positives
+    from .smicnet_mining import MINING_THRESHOLD, mine_false_positives
 
     detector = load_smicnet_detector(cfg.mine_from, device=device)
-    mined = mine_false_positives(detector, cases, seed=cfg.seed, progress=progress)
+    mined = mine_false_positives(detector, cases, min_distance_mm=cfg.mine_min_distance_mm, seed=cfg.seed,
+                                 progress=progress)
     per_landmark: dict[str, int] = {}
     for n, volume in enumerate(volumes):
         ras = np.asarray(mined[volume.case_id]["points_ras"], dtype=np.float64).reshape(-1, 3)
@@ -259,7 +264,7 @@ def _mine(cfg: SmicnetTrainingConfig, cases: list[LandmarkCase], volumes: list[T
         volumes[n] = dataclasses.replace(volume, mined_ijk=ijk[keep].astype(np.float32))
         for name, count in mined[volume.case_id]["per_landmark"].items():
             per_landmark[name] = per_landmark.get(name, 0) + count
-    summary = {"from": detector.model_id, "threshold": MINING_THRESHOLD, "min_distance_mm": MINING_MIN_DISTANCE_MM,
+    summary = {"from": detector.model_id, "threshold": MINING_THRESHOLD, "min_distance_mm": cfg.mine_min_distance_mm,
                "wrong_voxels_per_landmark": per_landmark, "points": int(sum(len(v.mined_ijk) for v in volumes)),
                "cases_with_mistakes": int(sum(len(v.mined_ijk) > 0 for v in volumes))}
     log.info("Mined %d background points from %s's mistakes (%s).", summary["points"], detector.model_id,

@@ -415,6 +415,7 @@ def test_training_with_mining_uses_and_records_the_mistakes(phantom_dir, tmp_pat
 
     def fake_mine(detector, cases, **kwargs):
         seen["cases"] = [c.case_id for c in cases]
+        seen["min_distance_mm"] = kwargs["min_distance_mm"]
         out = {}
         for c in cases:
             centre = np.mean(list(read_ground_truth(c.landmarks_path).values()), axis=0)
@@ -436,6 +437,7 @@ def test_training_with_mining_uses_and_records_the_mistakes(phantom_dir, tmp_pat
     monkeypatch.setattr(smicnet_mining, "mine_false_positives", fake_mine)
     monkeypatch.setattr(st, "PatchSampler", spy)
     cfg = st.SmicnetTrainingConfig(model_id="smicnet-mined", mine_from="smicnet-old", val_fraction=0.34,
+                                   mine_min_distance_mm=1.5,
                                    augment=AugmentConfig(mined_fraction=0.2), **TINY)
     result = st.train_smicnet(phantom_dir, tmp_path / "out", cfg)
     assert sorted(seen["cases"]) == sorted(result.train_cases) and result.val_cases[0] not in seen["cases"]
@@ -446,6 +448,7 @@ def test_training_with_mining_uses_and_records_the_mistakes(phantom_dir, tmp_pat
                                    seen[volume.case_id], atol=1e-4)
     assert all(len(m) == 0 for m in seen["samplers"][1])  # the validation sampler has no mined points
     record = read_smicnet_pt(tmp_path / "out" / "smicnet-mined.pt")["source"]["mining"]
+    assert seen["min_distance_mm"] == 1.5 and record["min_distance_mm"] == 1.5
     assert record["from"] == "smicnet-old" and record["points"] == 2 and record["wrong_voxels_per_landmark"] == {
         "Helicotrema": 4}
 

@@ -63,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mined-fraction", type=float, default=None, metavar="F",
                    help="share of the background patches drawn from the mined points (default with --mine-from: "
                         "0.2, taken from the uniform share)")
+    p.add_argument("--mine-min-distance", type=float, default=0.9, metavar="MM",
+                   help="with --mine-from: a detection farther than this from its landmark is a mistake (default: "
+                        "0.9; larger keeps only gross mistakes such as a neighbouring turn)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for PyTorch")
     p.add_argument("--register", action="store_true",
                    help="also install the model in the per-user cache and the user registry")
@@ -150,7 +153,7 @@ def run_smicnet(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         schedule=args.schedule, val_fraction=args.val_fraction, val_samples=args.val_samples,
         patience=args.patience, background_extent_mm=args.background_extent, seed=args.seed, device=args.device,
-        init=args.init, threads=args.threads, mine_from=args.mine_from,
+        init=args.init, threads=args.threads, mine_from=args.mine_from, mine_min_distance_mm=args.mine_min_distance,
         augment=AugmentConfig(background_fraction=args.background_fraction,
                               mined_fraction=_mined_fraction(args)))
     config.validate()
