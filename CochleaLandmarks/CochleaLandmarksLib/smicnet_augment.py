@@ -262,12 +262,11 @@ class PatchSampler:
         inside = ((points >= 0) & (points <= self.limits[case])).all(dim=1)
         return (d > self.config.min_background_distance_vox).all(dim=1) & inside
 
-    def _structure_draw(self, case: Any, fallback: Any, g: Any, pools: list | None = None) -> Any:
-        """A point (+- 0.5 voxel) of each case's pool (default: its strong-edge voxels); ``fallback`` where a
-        case has none."""
+    def _pool_draw(self, case: Any, fallback: Any, g: Any, pools: list) -> Any:
+        """A point (+- 0.5 voxel) of each case's pool (strong-edge voxels, or mined mistakes); ``fallback``
+        where a case's pool is empty."""
         torch = require_torch()
         out = fallback.clone()
-        pools = self.structure if pools is None else pools
         for c in torch.unique(case).tolist():
             points = pools[c]
             if points.shape[0] == 0:
@@ -305,10 +304,10 @@ class PatchSampler:
             cand = torch.where(hard[idx, None], shell, box)
             if bool(structure[idx].any()):
                 s_idx = structure[idx].nonzero()[:, 0]
-                cand[s_idx] = self._structure_draw(c[s_idx], box[s_idx], g)
+                cand[s_idx] = self._pool_draw(c[s_idx], box[s_idx], g, self.structure)
             if bool(mined[idx].any()):
                 m_idx = mined[idx].nonzero()[:, 0]
-                cand[m_idx] = self._structure_draw(c[m_idx], shell[m_idx], g, self.mined)
+                cand[m_idx] = self._pool_draw(c[m_idx], shell[m_idx], g, self.mined)
             ok = self._far_from_landmarks(c, cand)
             out[idx[ok]] = cand[ok]
             todo[idx[ok]] = False
