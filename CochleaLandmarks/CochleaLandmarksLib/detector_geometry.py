@@ -85,6 +85,27 @@ def whole_volume_window(array: np.ndarray) -> tuple[float, float]:
     return float(low), float(high) if high > low else float(low) + 1.0
 
 
+def _sampling_theta(cube_to_input: np.ndarray, size: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The 3x4 ``affine_grid`` matrix (align_corners) that takes a cube voxel's normalised output position
+    (x = i, y = j, z = k, each -1..1) to the normalised position of its input point within the block
+    ``lo..hi`` (inclusive input indices i, j, k): output scaling, cube-to-input map, block offset and input
+    normalisation composed in float64, so only the final affine is evaluated in float32 on the device."""
+    half = (size - 1) / 2.0
+    to_index = np.diag([half, half, half, 1.0])
+    to_index[:3, 3] = half
+    to_block = np.eye(4)
+    to_block[:3, 3] = -np.asarray(lo, dtype=np.float64)
+    extent = np.maximum(np.asarray(hi) - np.asarray(lo), 1).astype(np.float64)
+    normalise = np.diag(np.append(2.0 / extent, 1.0))
+    normalise[:3, 3] = -1.0
+    return (normalise @ to_block @ cube_to_input @ to_index)[:3]
+
+
+#: numpy dtypes torch takes as they are: blocks travel to the device in them and are converted there.
+_DEVICE_CONVERTIBLE = {np.dtype(t) for t in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32",
+                                             "float64")}
+
+
 def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], size: int,
                  window: tuple[float, float], *, device: Any = "cpu") -> Any:
     """Trilinear samples of ``array`` (KJI, numpy or torch) on each cube lattice, scaled by ``window``.
@@ -92,6 +113,11 @@ def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], si
     Returns a float32 tensor ``(len(cubes), 1, size, size, size)`` in KJI order on ``device``. Outside
     the volume the nearest edge voxel is repeated (a cube near the border sees a plausible continuation,
     not a black wall); a cube entirely outside the volume is the scaled value 0.
+
+    Why it is built this way: on a GPU this runs inside a 20 ms detection, so only the input block a cube
+    touches is copied, in the volume's own dtype (an int16 CT moves half the bytes, converted on the
+    device), and the sampling grid is one ``affine_grid`` on the device rather than a float64 grid of
+    ``size``^3 points built on the CPU.
     """
     torch = require_torch()
     F = torch.nn.functional
@@ -101,9 +127,6 @@ def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], si
     low, high = window
     scale = 1.0 / (high - low)
     out = torch.empty((len(cubes), 1, size, size, size), dtype=torch.float32, device=device)
-    grid_idx = np.stack(np.meshgrid(*(np.arange(size, dtype=np.float64),) * 3, indexing="ij"), axis=-1)
-    grid_idx = grid_idx[..., ::-1].reshape(-1, 3)  # rows in KJI order, columns (i, j, k)
-    homogeneous = np.concatenate([grid_idx, np.ones((len(grid_idx), 1))], axis=1)
     for n, cube in enumerate(cubes):
         cube_to_input = inv @ cube
         bounds = _block_bounds(cube_to_input, size, shape)
@@ -113,12 +136,11 @@ def sample_cubes(array: Any, ijk_to_ras: np.ndarray, cubes: list[np.ndarray], si
         lo, hi = bounds
         block = array[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
         if isinstance(block, np.ndarray):
-            block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
-        block = block.to(device=device, dtype=torch.float32)
-        ijk = (homogeneous @ cube_to_input.T)[:, :3] - lo
-        extent = np.maximum(hi - lo, 1).astype(np.float64)
-        norm = 2.0 * ijk / extent - 1.0  # align_corners=True: index 0 -> -1, last index -> +1
-        grid = torch.from_numpy(norm.astype(np.float32)).to(device).view(1, size, size, size, 3)
+            dtype = block.dtype if block.dtype in _DEVICE_CONVERTIBLE else np.dtype(np.float32)
+            block = torch.from_numpy(np.ascontiguousarray(block, dtype=dtype))
+        block = block.to(device=device).to(torch.float32)
+        theta = torch.from_numpy(_sampling_theta(cube_to_input, size, lo, hi).astype(np.float32)).to(device)
+        grid = F.affine_grid(theta[None], [1, 1, size, size, size], align_corners=True)
         sampled = F.grid_sample(block[None, None], grid, mode="bilinear", padding_mode="border", align_corners=True)
         out[n] = ((sampled[0] - low) * scale).clamp_(*CLIP_RANGE)
     return out

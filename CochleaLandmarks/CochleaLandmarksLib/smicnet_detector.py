@@ -182,7 +182,7 @@ def smicnet_maps(image: Image, seed_ras: np.ndarray, detector: LoadedDetector, *
 
 
 def classify_points(detector: LoadedDetector, image: Image, points_ras: np.ndarray, *,
-                    batch_size: int = 256) -> np.ndarray:
+                    batch_size: int | None = None) -> np.ndarray:
     """Softmax ``(N, 4)`` for the sagittal patch at each RAS point (nearest voxel of the LPS 0.3 mm grid).
 
     The patch is placed as in fast mode (where the weights expect the landmark), so a ground-truth

@@ -61,7 +61,7 @@ def parity_sweep(
     seed_ras,
     classifier: Classifier,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: Callable[[float], Any] | None = None,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, Image], int]:

@@ -137,6 +137,19 @@ def test_torch_input_gives_the_numpy_result():
     torch.testing.assert_close(from_torch, from_numpy)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.float64])
+def test_integer_and_double_volumes_give_the_float32_result(dtype):
+    """Blocks travel in the volume's own dtype (converted on the device, or as float32 where torch lacks the
+    dtype): the values sampled must be those of the same volume held as float32."""
+    vol = LinearVolume(GEOMETRIES["oblique"])
+    values = np.round(vol.array * 100.0 + 2000.0)  # 2000 +- ~1500: fits every dtype above
+    cube = cube_ijk_to_ras(vol.centre, 16, 0.5, AXES["rotated"])
+    window = (0.0, 4000.0)
+    as_float = sample_cubes(values.astype(np.float32), vol.m, [cube], 16, window)
+    as_dtype = sample_cubes(values.astype(dtype), vol.m, [cube], 16, window)
+    torch.testing.assert_close(as_dtype, as_float, rtol=0, atol=0)
+
+
 def test_window_scales_to_0_1_and_clips_beyond_clip_range():
     vol = LinearVolume(GEOMETRIES["oblique"])
     size, window = 16, (-2.0, 2.0)  # the cube spans about +-8 intensity units: both clip limits are reached

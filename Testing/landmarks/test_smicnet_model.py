@@ -80,7 +80,47 @@ def test_output_shape_and_probabilities(model, torch):
     proba = model.predict_proba(x)
     assert tuple(proba.shape) == (5, 4)
     assert torch.allclose(proba.sum(dim=1), torch.ones(5), atol=1e-6)
-    assert torch.equal(proba, torch.softmax(logits, dim=1))
+    torch.testing.assert_close(proba, torch.softmax(logits, dim=1), rtol=0, atol=1e-6)
+
+
+def _perturbed_model(torch, seed: int):
+    """A model whose BatchNorm statistics and affine parameters are far from the defaults (so folding them
+    matters), with stem pointwise weights of both signs and one exactly zero (the max/min choice matters)."""
+    torch.manual_seed(seed)
+    model = sm.build_smicnet()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.2, 3.0)
+                module.weight.uniform_(0.5, 2.0)
+                module.bias.uniform_(-0.3, 0.3)
+            elif isinstance(module, torch.nn.Conv2d):
+                module.bias.uniform_(-0.2, 0.2)
+        w = model.stem.pointwise.weight
+        w[::2] = -w[::2].abs()
+        w[1::2] = w[1::2].abs()
+        w[3] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_inference_equals_the_reference_forward(torch, seed):
+    """``predict_proba`` runs the rewritten graph (BN folded, pool before LeakyReLU, the stem's pool of max and
+    min); it must give the reference ``forward``'s softmax to float rounding and the same class everywhere,
+    on quantised patches (the real input) and on patches with plateaus (ties inside a 2x2 pooling window)."""
+    model = _perturbed_model(torch, seed)
+    gen = torch.Generator().manual_seed(seed)
+    smooth = torch.rand(96, 1, 81, 81, generator=gen)
+    quantised = torch.floor(smooth * 255) / 255
+    plateaus = torch.floor(torch.rand(32, 1, 81, 81, generator=gen) * 3) / 3
+    x = torch.cat([quantised, plateaus])
+    with torch.no_grad():
+        reference = torch.softmax(model.eval()(x), dim=1)
+        fast = model.predict_proba(x)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
+    assert torch.equal(fast.argmax(dim=1), reference.argmax(dim=1))
+    assert (reference.max(dim=1).values < 0.99).any(), "test design: the outputs must not all be saturated"
 
 
 def test_stage_shapes_match_the_spec_table(model, torch):
@@ -148,8 +188,9 @@ def test_predict_proba_ignores_and_restores_training_mode(model, torch):
     with torch.no_grad():
         expected = torch.softmax(model.eval()(x), dim=1)
     model.train()
-    assert torch.equal(model.predict_proba(x), expected)  # moving statistics, no dropout
-    assert torch.equal(model.predict_proba(x), expected)  # and it did not update them
+    once = model.predict_proba(x)
+    torch.testing.assert_close(once, expected, rtol=0, atol=1e-6)  # moving statistics, no dropout
+    assert torch.equal(model.predict_proba(x), once)  # and it did not update them
     assert model.training
 
 
