@@ -60,13 +60,22 @@ class LoadedDetector:
     landmark_pixel: int = AUTHORS_LANDMARK_PIXEL
     messages: list[str] = field(default_factory=list)
     _classifier: Any = None
+    _fast_classifier: Any = None
 
     @property
     def classifier(self) -> Any:
-        """The numpy-in, numpy-out patch classifier (built once)."""
+        """The numpy-in, numpy-out patch classifier in float32 (built once): parity mode and point queries."""
         if self._classifier is None:
             self._classifier = smicnet_classifier(self.network)
         return self._classifier
+
+    @property
+    def fast_classifier(self) -> Any:
+        """The classifier of fast mode: float16 autocast on CUDA (see ``smicnet_classifier``), else ``classifier``."""
+        if self._fast_classifier is None:
+            on_cuda = str(self.device).startswith("cuda")
+            self._fast_classifier = smicnet_classifier(self.network, half=True) if on_cuda else self.classifier
+        return self._fast_classifier
 
 
 def landmark_pixel_of(metadata: dict[str, Any]) -> int:
@@ -145,8 +154,8 @@ def smicnet_maps(image: Image, seed_ras: np.ndarray, detector: LoadedDetector, *
         box = 2 * PARITY_RANGE * SPACING_MM
     else:
         box = float(box_mm or FAST_BOX_MM)
-        maps, patches = sweep_coarse_to_fine(image, seed_ras, detector.classifier, box_mm=box, strides=FAST_STRIDES,
-                                             keep_threshold=FAST_KEEP, progress=report,
+        maps, patches = sweep_coarse_to_fine(image, seed_ras, detector.fast_classifier, box_mm=box,
+                                             strides=FAST_STRIDES, keep_threshold=FAST_KEEP, progress=report,
                                              centre_offset_vox=_offset(detector, mode), preprocess=preprocess)
         thresholds, connectivity = FAST_THRESHOLD, 26
     timings["sweep"] = time.perf_counter() - t1

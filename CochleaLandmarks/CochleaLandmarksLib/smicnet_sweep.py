@@ -34,7 +34,11 @@ from .smicnet_preprocess import quantize_patches
 HALF = PATCH_SIZE // 2  # 40
 LANDMARK_NAMES = tuple(CLASS_NAMES[:3])
 SPACING_TOLERANCE = 0.01  # relative; within it the volume is used as is (no interpolation)
-GPU_BATCH = 2048  # patches per classifier call on a GPU: about 0.5 GB of activations, fits a laptop GPU
+#: Patches per classifier call on a GPU with at least ``LARGE_GPU_GB`` of memory (about 2.5 GB at peak), and on
+#: a smaller one (about 0.7 GB). Larger batches mean fewer kernel launches, which bound the sweep on a fast GPU.
+GPU_BATCH = 4096
+SMALL_GPU_BATCH = 1024
+LARGE_GPU_GB = 12.0
 #: Patches per call on the CPU: every activation stays below glibc's 32 MiB mmap threshold and in cache.
 CPU_BATCH = 64
 #: Batch for classifiers that state no preference (test oracles, user callables).
@@ -55,7 +59,18 @@ def _network_grid(image: Image, seed_ras: np.ndarray, extent_mm: np.ndarray) -> 
     return resample_to_spacing(local, SPACING_MM)
 
 
-def smicnet_classifier(model: Any) -> Classifier:
+def gpu_batch(device: Any) -> int:
+    """Patches per call on ``device``: ``GPU_BATCH`` with ``LARGE_GPU_GB`` or more memory, else the small batch."""
+    import torch
+
+    try:
+        total_gb = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+    except (RuntimeError, AssertionError, ValueError, AttributeError):  # not a CUDA device (e.g. mps)
+        return SMALL_GPU_BATCH
+    return GPU_BATCH if total_gb >= LARGE_GPU_GB else SMALL_GPU_BATCH
+
+
+def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
     """Adapt a SMICNet model (``build_smicnet``) to the classifier the sweep calls.
 
     It takes a float32 batch ``(N, 1, 81, 81)`` as a numpy array or a torch tensor and returns float32
@@ -64,6 +79,10 @@ def smicnet_classifier(model: Any) -> Classifier:
     page-fault their activations in afresh. On a GPU the classifier carries ``torch_device`` and
     ``on_device`` (tensor in, tensor out, no copy to the host): the sweep then cuts and quantises the
     patches on the GPU itself (:meth:`PatchSource.patches_torch`) and copies the probabilities back once.
+
+    ``half`` (CUDA only; fast mode): the network runs under float16 autocast, the softmax in float32. On an
+    H100 this cuts the network's time by a third; probabilities move by < 0.005 and the classes and
+    landmark points did not change in our checks (see the README). Parity mode never uses it.
     """
     import torch
 
@@ -75,10 +94,15 @@ def smicnet_classifier(model: Any) -> Classifier:
         retain_freed_memory()
         model = model.to(memory_format=torch.channels_last)
 
+    autocast = half and device.type == "cuda"
+
     def on_device(x: Any) -> Any:
         x = x.to(device=device, dtype=torch.float32)
         if on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
+        if autocast:
+            with torch.autocast("cuda", dtype=torch.float16):
+                return model.predict_proba(x).float()
         return model.predict_proba(x)
 
     def classify(batch: Any) -> np.ndarray:
@@ -88,7 +112,7 @@ def smicnet_classifier(model: Any) -> Classifier:
 
     classify.torch_device = None if on_cpu else device
     classify.on_device = on_device
-    classify.preferred_batch = CPU_BATCH if on_cpu else GPU_BATCH
+    classify.preferred_batch = CPU_BATCH if on_cpu else gpu_batch(device)
     return classify
 
 
@@ -126,16 +150,20 @@ class PatchSource:
         self.box_geometry = roi.ijk_to_ras.copy()
         self.box_geometry[:3, 3] = roi.index_to_ras(self.margin.astype(np.float64))
         self._volume_tensor: Any = None
+        self._centre_shift: Any = None
+        self._steps: Any = None
 
     def patches(self, ijk: np.ndarray) -> np.ndarray:
         """Quantised float32 patches ``(M, 1, 81, 81)`` for box voxels ``ijk`` ``(M, 3)``."""
         ii, jj, kk = np.asarray(ijk, dtype=np.int64).T
         return quantize_patches(self.windows[ii, jj, kk])[:, None, :, :]
 
-    def patches_torch(self, ijk: np.ndarray, device: Any) -> Any:
+    def patches_torch(self, ijk: Any, device: Any) -> Any:
         """The same patches as :meth:`patches`, cut and quantised by torch on ``device`` (bit-identical).
 
-        The region is copied to the device once; each call then gathers ``(M, 81, 81)`` voxels there.
+        ``ijk`` is a numpy array or an int64 tensor already on ``device`` (the sweep uploads a whole level's
+        voxels once: a pageable upload per batch would wait for the GPU to finish the previous batch). The
+        region is copied to the device once; each call then gathers ``(M, 81, 81)`` voxels there.
         """
         import torch
 
@@ -143,8 +171,13 @@ class PatchSource:
 
         if self._volume_tensor is None or self._volume_tensor.device != torch.device(device):
             self._volume_tensor = torch.from_numpy(np.ascontiguousarray(self.vol, dtype=np.float32)).to(device)
-        centre = torch.as_tensor(np.asarray(ijk, dtype=np.int64) + (self.margin - self.offset), device=device)
-        steps = torch.arange(-HALF, HALF + 1, device=device)
+            # Uploaded once with the region: an upload per batch would stall on the batch before it.
+            self._centre_shift = torch.as_tensor(self.margin - self.offset, dtype=torch.int64).to(device)
+            self._steps = torch.arange(-HALF, HALF + 1, device=device)
+        if not isinstance(ijk, torch.Tensor):
+            ijk = torch.as_tensor(np.asarray(ijk, dtype=np.int64), device=device)
+        centre = ijk + self._centre_shift
+        steps = self._steps
         rows = centre[:, 1, None] + steps
         cols = centre[:, 2, None] + steps
         patches = self._volume_tensor[centre[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
@@ -175,9 +208,10 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
         import torch
 
         outs = []
+        ijk_on_device = torch.as_tensor(ijk, device=torch_device)  # one upload for the whole level
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            outs.append(on_device(source.patches_torch(ijk[start:stop], torch_device)))
+            outs.append(on_device(source.patches_torch(ijk_on_device[start:stop], torch_device)))
             if progress is not None:
                 progress(float(stop) / total)
         probs = torch.cat(outs).to(torch.float32).cpu().numpy()

@@ -104,8 +104,9 @@ def _perturbed_model(torch, seed: int):
     return model
 
 
+@pytest.mark.parametrize("pointwise_gemm", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_fast_inference_equals_the_reference_forward(torch, seed):
+def test_fast_inference_equals_the_reference_forward(torch, seed, pointwise_gemm):
     """``predict_proba`` runs the rewritten graph (BN folded, pool before LeakyReLU, the stem's pool of max and
     min); it must give the reference ``forward``'s softmax to float rounding and the same class everywhere,
     on quantised patches (the real input) and on patches with plateaus (ties inside a 2x2 pooling window)."""
@@ -117,7 +118,7 @@ def test_fast_inference_equals_the_reference_forward(torch, seed):
     x = torch.cat([quantised, plateaus])
     with torch.no_grad():
         reference = torch.softmax(model.eval()(x), dim=1)
-        fast = model.predict_proba(x)
+        fast = torch.softmax(model.inference_logits(x, pointwise_gemm=pointwise_gemm), dim=1)
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
     assert torch.equal(fast.argmax(dim=1), reference.argmax(dim=1))
     assert (reference.max(dim=1).values < 0.99).any(), "test design: the outputs must not all be saturated"
