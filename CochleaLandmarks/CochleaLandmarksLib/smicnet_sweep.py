@@ -39,6 +39,9 @@ SPACING_TOLERANCE = 0.01  # relative; within it the volume is used as is (no int
 GPU_BATCH = 4096
 SMALL_GPU_BATCH = 1024
 LARGE_GPU_GB = 12.0
+#: On a device, batches are padded to a multiple of this: cuDNN's autotuner (benchmark mode) times its kernels
+#: again for every new input shape, and each click's levels end in a batch of a different size.
+DEVICE_SHAPE_MULTIPLE = 512
 #: Patches per call on the CPU: every activation stays below glibc's 32 MiB mmap threshold and in cache.
 CPU_BATCH = 64
 #: Batch for classifiers that state no preference (test oracles, user callables).
@@ -211,7 +214,11 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
         ijk_on_device = torch.as_tensor(ijk, device=torch_device)  # one upload for the whole level
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            outs.append(on_device(source.patches_torch(ijk_on_device[start:stop], torch_device)))
+            chunk = ijk_on_device[start:stop]
+            pad = -len(chunk) % DEVICE_SHAPE_MULTIPLE
+            if pad:  # repeat the last voxel; its extra answers are dropped below
+                chunk = torch.cat([chunk, chunk[-1:].expand(pad, 3)])
+            outs.append(on_device(source.patches_torch(chunk, torch_device))[: stop - start])
             if progress is not None:
                 progress(float(stop) / total)
         probs = torch.cat(outs).to(torch.float32).cpu().numpy()
