@@ -316,21 +316,36 @@ def cli_section(args, volume: Path, seed_file: Path, device: str, workdir: Path)
                           "found": [lm["label"] for lm in report["landmarks"] if lm["found"]]})
 
 
-_BASELINE_CHILD = """
-import resource, sys
+#: Peak RSS of the running process in KiB. VmHWM (Linux) is the high-water mark of this process's own memory;
+#: ru_maxrss is not usable here: exec copies the forking parent's high-water mark into it, so a child of a
+#: large benchmark process would report the parent's size.
+_PEAK_KIB = """
+def peak_kib():
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+"""
+_BASELINE_CHILD = _PEAK_KIB + """
+import sys
 import torch
 from CochleaCommonLib.cli.main import main
 from CochleaCommonLib.image_io import read_image
 from CochleaLandmarksLib.landmark_detection import load_detector, detect_landmarks
 torch.set_num_threads(int(sys.argv[3]))
 load_detector("smicnet", sys.argv[1], device=sys.argv[2])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_kib())
 """
-_PEAK_CHILD = """
-import resource, sys
+_PEAK_CHILD = _PEAK_KIB + """
+import sys
 from CochleaCommonLib.cli.main import main
 code = main(sys.argv[1:])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(peak_kib())
 sys.exit(code)
 """
 
@@ -364,7 +379,7 @@ def memory_section(args, image, seed_file: Path, workdir: Path) -> dict[str, Any
                            "--threads", str(args.threads), "-q"], env=env, capture_output=True, text=True)
     if not peak.stdout.split():
         raise SystemExit(f"memory run failed: {peak.stderr.strip()}")
-    base_mb = int(base.stdout.split()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+    base_mb = int(base.stdout.split()[-1]) / 1024.0  # KiB
     peak_mb = int(peak.stdout.split()[-1]) / 1024.0
     volume.unlink()
     return emit({"measure": "memory", "device": args.memory_device, "model": args.model, "exit_code": peak.returncode,
