@@ -58,14 +58,20 @@ def find_islands(prob: Image, threshold: float, *, connectivity: int = 26) -> li
 
     if connectivity not in (6, 26):
         raise InvalidInputError(f"connectivity must be 6 or 26, got {connectivity}.")
-    p = np.asarray(prob.array, dtype=np.float64)
-    mask = p > threshold
-    if not mask.any():
+    full = np.asarray(prob.array)
+    hot = np.nonzero(full > threshold)
+    if len(hot[0]) == 0:
         return []
+    # Label only the bounding box of the voxels above threshold (a few hundred voxels of a 350,000-voxel
+    # map): the same islands, at a fraction of the cost of labelling the whole map.
+    lo = np.array([axis.min() for axis in hot])
+    hi = np.array([axis.max() for axis in hot]) + 1
+    p = np.asarray(full[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float64)
+    mask = p > threshold
     labels = sitk.GetArrayFromImage(
         sitk.ConnectedComponent(sitk.GetImageFromArray(mask.astype(np.uint8)), connectivity == 26))
     flat_labels = labels[mask]
-    kji = np.array(np.nonzero(mask), dtype=np.float64)  # (3, M) in the same order as flat_labels
+    kji = np.array(np.nonzero(mask), dtype=np.float64) + lo[:, None]  # (3, M), same order as flat_labels
     weights = p[mask]
     count = int(flat_labels.max())
     mass = np.bincount(flat_labels, weights=weights, minlength=count + 1)
