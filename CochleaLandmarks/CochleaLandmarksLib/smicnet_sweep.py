@@ -341,6 +341,7 @@ def sweep_coarse_to_fine(
     axis = _lattice(n, strides[0])
     candidates = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
     total = 0
+    hot_levels = []  # per level, the voxels scored there where some landmark reached keep_threshold
     for level, stride in enumerate(strides):
         candidates = candidates[~scored[tuple(candidates.T)]]
         if len(candidates):
@@ -350,9 +351,12 @@ def sweep_coarse_to_fine(
             probs[tuple(candidates.T)] = p
             scored[tuple(candidates.T)] = True
             total += len(candidates)
+            # From this level's own answers: a max over the whole box's class axis cost more than the
+            # network on a GPU.
+            hot_levels.append(candidates[p[:, :len(LANDMARK_NAMES)].max(axis=1) >= keep_threshold])
         if level + 1 == len(strides):
             break
-        hot = np.argwhere(scored & (probs[..., :len(LANDMARK_NAMES)].max(axis=-1) >= keep_threshold))
+        hot = np.concatenate(hot_levels) if hot_levels else np.zeros((0, 3), dtype=np.int64)
         if len(hot) == 0:
             break
         finer = strides[level + 1]
