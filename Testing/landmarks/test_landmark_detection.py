@@ -284,6 +284,52 @@ def test_patches_cut_by_torch_equal_the_numpy_patches_and_probabilities():
                                atol=1e-6)
 
 
+def test_device_batches_are_padded_to_stable_shapes_and_the_padding_is_dropped():
+    """On a device every batch is padded to a multiple of DEVICE_SHAPE_MULTIPLE (cuDNN autotunes per shape);
+    the answers for the padding must not leak into the result."""
+    torch = pytest.importorskip("torch")
+    from CochleaLandmarksLib import smicnet_sweep as sw
+    from CochleaLandmarksLib.smicnet_model import build_smicnet
+
+    torch.manual_seed(0)
+    image = _volume(FLIPPED, 0.3, size_mm=30.0)
+    source = PatchSource(image, P, 9, centre_offset_vox=(0, 1, 1))
+    ijk = np.stack(np.unravel_index(np.arange(0, 9 ** 3, 5), (9, 9, 9)), axis=1)  # 146 voxels
+    model = build_smicnet("cpu")
+    plain = sw.smicnet_classifier(model)
+    on_device = sw.smicnet_classifier(model)
+    shapes = []
+    inner = on_device.on_device
+
+    def recording(x):
+        shapes.append(int(x.shape[0]))
+        return inner(x)
+
+    on_device.on_device = recording
+    on_device.torch_device = torch.device("cpu")
+    on_device.preferred_batch = 100
+    got = sw.classify_voxels(source, on_device, ijk)
+    assert shapes == [512, 512], shapes  # 100 + 46 voxels, each batch padded up to 512
+    assert got.shape == (len(ijk), 4)
+    np.testing.assert_allclose(got, sw.classify_voxels(source, plain, ijk), atol=1e-6)
+
+
+def test_classifier_preferences_on_the_cpu():
+    """CPU: batches of CPU_BATCH, and fast mode uses the float32 classifier itself (float16 is CUDA only)."""
+    pytest.importorskip("torch")
+    from CochleaLandmarksLib import smicnet_sweep as sw
+    from CochleaLandmarksLib.smicnet_detector import LoadedDetector
+    from CochleaLandmarksLib.smicnet_model import build_smicnet
+
+    model = build_smicnet("cpu")
+    assert sw.smicnet_classifier(model).preferred_batch == sw.CPU_BATCH
+    assert sw.gpu_batch("cpu") == sw.SMALL_GPU_BATCH  # not a CUDA device: the small batch
+    detector = LoadedDetector("smicnet", "test", "cpu", model, 0.0)
+    assert detector.fast_classifier is detector.classifier
+    x = np.random.default_rng(0).random((4, 1, 81, 81)).astype(np.float32)
+    np.testing.assert_array_equal(sw.smicnet_classifier(model, half=True)(x), detector.classifier(x))
+
+
 def test_hot_region_growth_equals_cubes_around_each_hot_voxel():
     from CochleaLandmarksLib.smicnet_sweep import _dilate_box
 
