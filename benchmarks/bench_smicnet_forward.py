@@ -2,17 +2,14 @@
 """Benchmark the SMICNet patch classifier: batched throughput against the authors' one-predict-per-patch loop.
 
 Why: the authors classify one 81x81 patch per ``model.predict`` call, which makes their sliding window
-take minutes; batching, the rewritten inference graph and the allocator setting are where the speed of
-our inference comes from. This prints one JSON line, all figures measured in the same process:
+take minutes; batching and the rewritten inference graph are where the speed of our inference comes from.
+This prints one JSON line, all figures measured in the same process:
 
 * ``patches_per_s`` / ``patches_per_s_channels_last``: preprocessing from raw patches + forward + softmax
   with ``predict_proba`` (the rewritten graph of ``SMICNet.inference_logits``), per batch size, in the
   default and the channels-last memory layout;
 * ``reference_patches_per_s...``: the same with the layer-for-layer ``forward`` (the Keras port, the
   training path), and ``speedup_rewrite_vs_reference``;
-* ``patches_per_s_channels_last_keep_freed``: the rewritten graph after ``retain_freed_memory()`` (CPU:
-  freed activations stay in the process instead of being page-faulted in afresh), measured last because
-  the setting cannot be undone in a process;
 * the Keras-emulating loop (preprocess one patch, predict one patch, back to numpy) and the speed-ups over it.
 
 Usage: ``python benchmarks/bench_smicnet_forward.py [--device cpu|cuda] [--threads N] [--seconds S]``.
@@ -98,18 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                                               for n in batches}
         result[f"speedup_rewrite_vs_reference{layout_name[len('patches_per_s'):]}"] = {
             n: round(v / result[f"reference_{layout_name}"][n], 2) for n, v in result[layout_name].items()}
-    if device.type == "cpu":
-        from CochleaCommonLib.cpu_allocator import retain_freed_memory
-
-        result["keep_freed_memory_applied"] = retain_freed_memory()
-        result["patches_per_s_channels_last_keep_freed"] = {
-            str(n): round(_rate(batched(n, torch.channels_last), n, args.seconds, sync), 1) for n in batches}
     model.to(memory_format=torch.contiguous_format)
     result["baseline_one_predict_per_patch_per_s"] = round(baseline, 1)
-    for key in ("patches_per_s", "patches_per_s_channels_last", "patches_per_s_channels_last_keep_freed"):
-        if key in result:
-            result[f"speedup_vs_baseline{key[len('patches_per_s'):]}"] = {
-                n: round(v / baseline, 2) for n, v in result[key].items()}
+    for key in ("patches_per_s", "patches_per_s_channels_last"):
+        result[f"speedup_vs_baseline{key[len('patches_per_s'):]}"] = {
+            n: round(v / baseline, 2) for n, v in result[key].items()}
     print(json.dumps(result))
     return 0
 

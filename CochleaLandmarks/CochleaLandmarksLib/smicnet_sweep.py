@@ -77,11 +77,12 @@ def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
     """Adapt a SMICNet model (``build_smicnet``) to the classifier the sweep calls.
 
     It takes a float32 batch ``(N, 1, 81, 81)`` as a numpy array or a torch tensor and returns float32
-    numpy probabilities. On the CPU the model runs channels-last in batches of ``CPU_BATCH`` with freed
-    memory kept for reuse (:mod:`cpu_allocator`): together about 2.5x the throughput of large batches that
-    page-fault their activations in afresh. On a GPU the classifier carries ``torch_device`` and
-    ``on_device`` (tensor in, tensor out, no copy to the host): the sweep then cuts and quantises the
-    patches on the GPU itself (:meth:`PatchSource.patches_torch`) and copies the probabilities back once.
+    numpy probabilities. On the CPU the model runs channels-last in batches of ``CPU_BATCH``: small enough
+    that the activations stay in cache and are reused by the allocator; batches of 256 or more page-faulted
+    every activation in afresh and ran at well under half the speed on 2 cores. On a GPU the classifier
+    carries ``torch_device`` and ``on_device`` (tensor in, tensor out, no copy to the host): the sweep then
+    cuts and quantises the patches on the GPU itself (:meth:`PatchSource.patches_torch`) and copies the
+    probabilities back once.
 
     ``half`` (CUDA only; fast mode): the network runs under float16 autocast, the softmax in float32. On an
     H100 this cuts the network's time by a third; probabilities move by < 0.005 and the classes and
@@ -92,9 +93,6 @@ def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
     device = next(model.parameters()).device
     on_cpu = device.type == "cpu"
     if on_cpu:
-        from CochleaCommonLib.cpu_allocator import retain_freed_memory
-
-        retain_freed_memory()
         model = model.to(memory_format=torch.channels_last)
 
     autocast = half and device.type == "cuda"
