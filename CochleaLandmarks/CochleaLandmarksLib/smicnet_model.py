@@ -100,6 +100,9 @@ def smicnet_class() -> type:
         y = torch.addmm(conv.bias, rows, conv.weight.reshape(out, c).t())
         return y.reshape(n, h, w, out).permute(0, 3, 1, 2)
 
+    def _max_pool2d(x: Any) -> Any:
+        return F.max_pool2d(x, 2, 2)
+
     def _folded_depthwise(block: Any) -> tuple[Any, Any]:
         """The block's depthwise kernel and bias with its BatchNorm (moving statistics) folded in."""
         bn = block.bn
@@ -178,8 +181,8 @@ def smicnet_class() -> type:
             return self.classifier(hidden)
 
         def inference_logits(self, x: Any, *, pointwise_gemm: bool | None = None) -> Any:
-            """The logits of :meth:`forward` in eval mode, computed with three exact rewrites that remove
-            most of the memory traffic (the sweep scores tens of thousands of patches per click).
+            """The logits of :meth:`forward` in eval mode, computed with exact rewrites that remove most of the
+            memory traffic (the sweep scores tens of thousands of patches per click).
 
             1. BatchNorm (moving statistics) folded into the depthwise kernel and bias before it.
             2. ``maxpool(lrelu(y)) == lrelu(maxpool(y))``: LeakyReLU is increasing, so it commutes with the
@@ -191,24 +194,39 @@ def smicnet_class() -> type:
                too, so this holds for the computed values, not only in exact arithmetic.
 
             The result equals ``forward`` up to float rounding of the folded BatchNorm (tested to 1e-5 in the
-            softmax, with the identical class everywhere); ``forward`` stays the reference and the training path.
+            softmax, with the identical class everywhere); ``forward`` stays the reference.
             ``pointwise_gemm`` (default: on CUDA) runs the 1x1 convolutions as matrix products (:func:`_pointwise`).
             """
             as_gemm = x.is_cuda if pointwise_gemm is None else bool(pointwise_gemm)
+            return self._rewritten_logits(x, fold_bn=True, as_gemm=as_gemm)
+
+        def fast_forward(self, x: Any) -> Any:
+            """:meth:`forward` through rewrites 2 and 3 of :meth:`inference_logits`, in any mode: what training
+            calls. BatchNorm runs as the module it is (batch statistics and running-average updates in training
+            mode) and dropout as its mode says, so values, gradients and BatchNorm statistics are those of
+            ``forward`` (tested), at about half the time of a CPU training step. Pooling uses ``max_pool2d``
+            here: its gradient goes to one maximum of a tied window, as in ``forward`` and Keras, where the
+            pairwise maxima of inference would split it."""
+            return self._rewritten_logits(x, fold_bn=False, as_gemm=False, pool=_max_pool2d)
+
+        def _rewritten_logits(self, x: Any, *, fold_bn: bool, as_gemm: bool, pool: Any = None) -> Any:
+            pool = _max_pool_2x2 if pool is None else pool
             if x.ndim != 4 or tuple(x.shape[1:]) != (1, PATCH_SIZE, PATCH_SIZE):
                 raise InvalidInputError(
                     f"SMICNet takes patches shaped (N, 1, {PATCH_SIZE}, {PATCH_SIZE}) (NCHW, H = rows = j, "
                     f"W = columns = k); got {tuple(x.shape)}.")
             stem = self.stem
-            w_dw, b_dw = _folded_depthwise(stem)
+            w_dw, b_dw = _folded_depthwise(stem) if fold_bn else (stem.depthwise.weight, stem.depthwise.bias)
             # The stem's depthwise 3x3 sees one channel: run it as one grouped convolution with the batch as
             # channels, which the depthwise kernels handle 30x faster on the CPU than a 1-channel batch.
             n = x.shape[0]
             a = F.conv2d(x.reshape(1, n, PATCH_SIZE, PATCH_SIZE), w_dw.expand(n, 1, 3, 3), b_dw.expand(n),
-                         padding=1, groups=n)
-            a = F.leaky_relu_(a.reshape(n, PATCH_SIZE, PATCH_SIZE, 1), LEAKY_SLOPE)
-            high = _max_pool_2x2(a.transpose(1, 3)).transpose(1, 3)  # (n, 40, 40, 1)
-            low = -_max_pool_2x2((-a).transpose(1, 3)).transpose(1, 3)
+                         padding=1, groups=n).reshape(n, 1, PATCH_SIZE, PATCH_SIZE)
+            if not fold_bn:
+                a = stem.bn(a)
+            a = F.leaky_relu(a, LEAKY_SLOPE).reshape(n, PATCH_SIZE, PATCH_SIZE, 1)
+            high = pool(a.transpose(1, 3)).transpose(1, 3)  # (n, 40, 40, 1)
+            low = -pool((-a).transpose(1, 3)).transpose(1, 3)
             # Channel c of the stem's 1x1 convolution reads the max where w_c >= 0, else the min; the products
             # are formed channels-last (n, 40, 40, 16), the layout the following convolutions run fastest in.
             w_pw = stem.pointwise.weight.reshape(-1)
@@ -218,12 +236,16 @@ def smicnet_class() -> type:
             res = F.leaky_relu_(res, LEAKY_SLOPE).permute(0, 3, 1, 2)
             for stage in self.stages:
                 block = stage.block
-                w_dw, b_dw = _folded_depthwise(block)
-                t = F.leaky_relu_(F.conv2d(res, w_dw, b_dw, padding=1, groups=res.shape[1]), LEAKY_SLOPE)
-                t = F.leaky_relu_(_max_pool_2x2(_pointwise(t, block.pointwise, as_gemm=as_gemm)), LEAKY_SLOPE)
+                if fold_bn:
+                    w_dw, b_dw = _folded_depthwise(block)
+                    t = F.conv2d(res, w_dw, b_dw, padding=1, groups=res.shape[1])
+                else:
+                    t = block.bn(block.depthwise(res))
+                t = F.leaky_relu_(t, LEAKY_SLOPE)
+                t = F.leaky_relu_(pool(_pointwise(t, block.pointwise, as_gemm=as_gemm)), LEAKY_SLOPE)
                 res = _pointwise(res, stage.shortcut, stage.shortcut.stride[0], as_gemm=as_gemm).add_(t)
             features = res.mean(dim=(2, 3))
-            return self.classifier(F.leaky_relu(self.dense(features), LEAKY_SLOPE))
+            return self.classifier(self.dropout(F.leaky_relu(self.dense(features), LEAKY_SLOPE)))
 
         def predict_proba(self, x: Any) -> Any:
             """Class probabilities (softmax of the logits) in inference mode, as Keras ``predict`` gives them.

@@ -219,7 +219,7 @@ def _evaluate(model: Any, x: Any, y: Any, chunk: int) -> tuple[float, dict[str, 
     losses, preds = [], []
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
-            logits = model(x[start:start + chunk])
+            logits = model.inference_logits(x[start:start + chunk])
             losses.append(torch.nn.functional.cross_entropy(logits, y[start:start + chunk], reduction="sum"))
             preds.append(logits.argmax(dim=1))
     loss = float(torch.stack(losses).sum()) / x.shape[0]
@@ -361,7 +361,7 @@ def train_smicnet(data: str | os.PathLike | Iterable[LandmarkCase], out_dir: str
         lr_now = optimizer.param_groups[0]["lr"]
         for _ in range(cfg.steps_per_epoch):
             batch = sampler.sample(cfg.batch_size, generator)
-            logits = model(batch.patches)
+            logits = model.fast_forward(batch.patches)  # forward's values and gradients, about twice as fast
             loss = torch.nn.functional.cross_entropy(logits, batch.labels) + model.regularization_loss()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -83,7 +83,7 @@ def test_output_shape_and_probabilities(model, torch):
     torch.testing.assert_close(proba, torch.softmax(logits, dim=1), rtol=0, atol=1e-6)
 
 
-def _perturbed_model(torch, seed: int):
+def _perturbed_model(torch, seed: int, zero_stem_weight: bool = True):
     """A model whose BatchNorm statistics and affine parameters are far from the defaults (so folding them
     matters), with stem pointwise weights of both signs and one exactly zero (the max/min choice matters)."""
     torch.manual_seed(seed)
@@ -100,7 +100,8 @@ def _perturbed_model(torch, seed: int):
         w = model.stem.pointwise.weight
         w[::2] = -w[::2].abs()
         w[1::2] = w[1::2].abs()
-        w[3] = 0.0
+        if zero_stem_weight:
+            w[3] = 0.0
     return model
 
 
@@ -177,6 +178,39 @@ def test_eval_mode_is_deterministic_and_batch_independent(model, torch):
     assert torch.equal(a, b)
     singles = torch.cat([model.predict_proba(x[i:i + 1]) for i in range(8)])
     assert torch.allclose(a, singles, atol=1e-6)
+
+
+def test_fast_forward_trains_exactly_like_forward(torch):
+    """Training calls ``fast_forward``: in training mode (batch statistics, dropout) it must give forward's logits,
+    the same gradient for every parameter and the same BatchNorm running statistics afterwards."""
+    import copy
+
+    # No exactly-zero stem weight here: that channel is a constant, and which voxel of its tied pooling window
+    # "receives" the weight's gradient is arbitrary (forward takes the first, the rewrite the window's max).
+    reference = _perturbed_model(torch, 2, zero_stem_weight=False).train()
+    fast = copy.deepcopy(reference)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.floor(torch.rand(24, 1, 81, 81, generator=gen) * 255) / 255
+    labels = torch.randint(0, 4, (24,), generator=gen)
+    outputs = []
+    for run in (reference.forward, fast.fast_forward):
+        torch.manual_seed(11)  # the same dropout mask for both
+        logits = run(x)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        outputs.append(logits.detach())
+    scale = float(outputs[0].abs().max())
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0, atol=1e-4 * scale)  # float rounding of the convs
+    grads = dict(reference.named_parameters())
+    for name, param in fast.named_parameters():
+        assert param.grad is not None, name
+        if name.endswith("depthwise.bias"):  # followed by BatchNorm: its true gradient is 0, both are noise
+            assert float(param.grad.abs().max()) < 1e-4, name
+            continue
+        scale = float(grads[name].grad.abs().max())
+        torch.testing.assert_close(param.grad, grads[name].grad, rtol=0, atol=1e-4 * scale, msg=name)
+    buffers = dict(reference.named_buffers())
+    for name, buffer in fast.named_buffers():
+        torch.testing.assert_close(buffer, buffers[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_predict_proba_ignores_and_restores_training_mode(model, torch):
