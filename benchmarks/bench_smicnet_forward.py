@@ -9,7 +9,7 @@ This prints one JSON line, all figures measured in the same process:
   with ``predict_proba`` (the rewritten graph of ``SMICNet.inference_logits``), per batch size, in the
   default and the channels-last memory layout;
 * ``reference_patches_per_s...``: the same with the layer-for-layer ``forward`` (the Keras port, the
-  training path), and ``speedup_rewrite_vs_reference``;
+  reference the rewrite is tested against), and ``speedup_rewrite_vs_reference``;
 * the Keras-emulating loop (preprocess one patch, predict one patch, back to numpy) and the speed-ups over it.
 
 Usage: ``python benchmarks/bench_smicnet_forward.py [--device cpu|cuda] [--threads N] [--seconds S]``.

@@ -79,6 +79,12 @@ def smicnet_class() -> type:
     nn = torch.nn
     F = torch.nn.functional
 
+    def _check_patches(x: Any) -> None:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, PATCH_SIZE, PATCH_SIZE):
+            raise InvalidInputError(
+                f"SMICNet takes patches shaped (N, 1, {PATCH_SIZE}, {PATCH_SIZE}) (NCHW, H = rows = j, "
+                f"W = columns = k); got {tuple(x.shape)}.")
+
     def _max_pool_2x2(x: Any) -> Any:
         """``max_pool2d(x, 2, 2)`` (floor mode) as two pairwise maxima of strided views: the same values, and
         5-10x faster than the pooling kernel on the CPU for the small-channel tensors of this network."""
@@ -169,15 +175,15 @@ def smicnet_class() -> type:
 
         def forward(self, x: Any) -> Any:
             """Logits ``(N, 4)`` for patches ``(N, 1, 81, 81)`` already preprocessed (see smicnet_preprocess)."""
-            if x.ndim != 4 or tuple(x.shape[1:]) != (1, PATCH_SIZE, PATCH_SIZE):
-                raise InvalidInputError(
-                    f"SMICNet takes patches shaped (N, 1, {PATCH_SIZE}, {PATCH_SIZE}) (NCHW, H = rows = j, "
-                    f"W = columns = k); got {tuple(x.shape)}.")
+            _check_patches(x)
             res = self.stem(x)
             for stage in self.stages:
                 res = stage(res)
-            features = res.mean(dim=(2, 3))
-            hidden = self.dropout(F.leaky_relu(self.dense(features), LEAKY_SLOPE))
+            return self._head(res)
+
+        def _head(self, res: Any) -> Any:
+            """Global average pool, dense 384 + LeakyReLU, dropout (as the module's mode says), dense 4."""
+            hidden = self.dropout(F.leaky_relu(self.dense(res.mean(dim=(2, 3))), LEAKY_SLOPE))
             return self.classifier(hidden)
 
         def inference_logits(self, x: Any, *, pointwise_gemm: bool | None = None) -> Any:
@@ -198,7 +204,7 @@ def smicnet_class() -> type:
             ``pointwise_gemm`` (default: on CUDA) runs the 1x1 convolutions as matrix products (:func:`_pointwise`).
             """
             as_gemm = x.is_cuda if pointwise_gemm is None else bool(pointwise_gemm)
-            return self._rewritten_logits(x, fold_bn=True, as_gemm=as_gemm)
+            return self._rewritten_logits(x, fold_bn=True, as_gemm=as_gemm, pool=_max_pool_2x2)
 
         def fast_forward(self, x: Any) -> Any:
             """:meth:`forward` through rewrites 2 and 3 of :meth:`inference_logits`, in any mode: what training
@@ -209,12 +215,8 @@ def smicnet_class() -> type:
             pairwise maxima of inference would split it."""
             return self._rewritten_logits(x, fold_bn=False, as_gemm=False, pool=_max_pool2d)
 
-        def _rewritten_logits(self, x: Any, *, fold_bn: bool, as_gemm: bool, pool: Any = None) -> Any:
-            pool = _max_pool_2x2 if pool is None else pool
-            if x.ndim != 4 or tuple(x.shape[1:]) != (1, PATCH_SIZE, PATCH_SIZE):
-                raise InvalidInputError(
-                    f"SMICNet takes patches shaped (N, 1, {PATCH_SIZE}, {PATCH_SIZE}) (NCHW, H = rows = j, "
-                    f"W = columns = k); got {tuple(x.shape)}.")
+        def _rewritten_logits(self, x: Any, *, fold_bn: bool, as_gemm: bool, pool: Any) -> Any:
+            _check_patches(x)
             stem = self.stem
             w_dw, b_dw = _folded_depthwise(stem) if fold_bn else (stem.depthwise.weight, stem.depthwise.bias)
             # The stem's depthwise 3x3 sees one channel: run it as one grouped convolution with the batch as
@@ -225,6 +227,9 @@ def smicnet_class() -> type:
             if not fold_bn:
                 a = stem.bn(a)
             a = F.leaky_relu(a, LEAKY_SLOPE).reshape(n, PATCH_SIZE, PATCH_SIZE, 1)
+            # Pooled through a transposed view: with max_pool2d (training) a tied window then hands its gradient
+            # to the voxel the reference forward picks on the CPU (a plain NCHW pool picks another one; the
+            # values are the same either way). test_fast_forward_trains_exactly_like_forward holds this.
             high = pool(a.transpose(1, 3)).transpose(1, 3)  # (n, 40, 40, 1)
             low = -pool((-a).transpose(1, 3)).transpose(1, 3)
             # Channel c of the stem's 1x1 convolution reads the max where w_c >= 0, else the min; the products
@@ -244,8 +249,7 @@ def smicnet_class() -> type:
                 t = F.leaky_relu_(t, LEAKY_SLOPE)
                 t = F.leaky_relu_(pool(_pointwise(t, block.pointwise, as_gemm=as_gemm)), LEAKY_SLOPE)
                 res = _pointwise(res, stage.shortcut, stage.shortcut.stride[0], as_gemm=as_gemm).add_(t)
-            features = res.mean(dim=(2, 3))
-            return self.classifier(self.dropout(F.leaky_relu(self.dense(features), LEAKY_SLOPE)))
+            return self._head(res)
 
         def predict_proba(self, x: Any) -> Any:
             """Class probabilities (softmax of the logits) in inference mode, as Keras ``predict`` gives them.
