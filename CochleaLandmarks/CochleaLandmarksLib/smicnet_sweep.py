@@ -288,26 +288,33 @@ def sweep_probabilities(
     return {name: source.box_image(probs_ijk[..., c]) for c, name in enumerate(LANDMARK_NAMES)}
 
 
-def _dilate_box(mask: np.ndarray, reach: int) -> np.ndarray:
-    """``mask`` grown by ``reach`` voxels along each axis (a cube), separably with array shifts: no Python
-    loop over the (often thousands of) hot voxels, which on a GPU would cost more than the network."""
-    out = mask
-    for axis in range(3):
-        grown = out.copy()
-        for shift in range(1, reach + 1):
-            src = [slice(None)] * 3
-            dst = [slice(None)] * 3
-            src[axis], dst[axis] = slice(0, -shift), slice(shift, None)
-            grown[tuple(dst)] |= out[tuple(src)]
-            grown[tuple(src)] |= out[tuple(dst)]
-        out = grown
-    return out
-
-
 def _lattice(n: int, stride: int) -> np.ndarray:
     """Every ``stride``-th index of ``0..n-1``, centred so the margins at both ends are equal (+-1)."""
     start = ((n - 1) % stride) // 2
     return np.arange(start, n, stride)
+
+
+def _ball_lattice(n: int, stride: int) -> np.ndarray:
+    """The voxels ``(M, 3)`` of the centred ``stride`` lattice of an ``n``-voxel box that lie within ``n / 2``
+    voxels of the box's centre (the inscribed ball)."""
+    axis = _lattice(n, stride)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    radius = np.linalg.norm(lattice - (n - 1) / 2.0, axis=1)
+    return lattice[radius <= n / 2.0]
+
+
+#: The 26 neighbours of a voxel (offsets in i, j, k).
+_NEIGHBOURS = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype=np.int64) - 1
+
+
+def _unscored_neighbours(voxels: np.ndarray, scored: np.ndarray) -> np.ndarray:
+    """The distinct 26-neighbours of ``voxels`` ``(M, 3)`` inside the box that are not yet ``scored``."""
+    n = scored.shape[0]
+    near = (voxels[:, None, :] + _NEIGHBOURS[None, :, :]).reshape(-1, 3)
+    near = near[np.all((near >= 0) & (near < n), axis=1)]
+    near = near[~scored[tuple(near.T)]]
+    flat = np.unique(np.ravel_multi_index(tuple(near.T), scored.shape))
+    return np.stack(np.unravel_index(flat, scored.shape), axis=1).astype(np.int64)
 
 
 def sweep_coarse_to_fine(
@@ -316,54 +323,53 @@ def sweep_coarse_to_fine(
     classifier: Classifier,
     *,
     box_mm: float = 20.0,
-    strides: tuple[int, ...] = (3, 1),
+    coarse_stride: int = 3,
     keep_threshold: float = 0.05,
     batch_size: int | None = None,
     progress: Callable[[float], Any] | None = None,
     centre_offset_vox=(0, 1, 1),
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, Image], int]:
-    """Score the box coarse-to-fine: a lattice of stride ``strides[0]``, then, level by level, only the voxels
-    of the next finer lattice within one coarse step of a voxel where some landmark scored ``>= keep_threshold``.
+    """Score a lattice of every ``coarse_stride``-th voxel of the ball inscribed in the box (everything within
+    ``box_mm / 2`` of the seed), then grow the scored set voxel by voxel through the landmark responses: each
+    round scores the unscored 26-neighbours of every voxel where some landmark reached ``keep_threshold``, until
+    no such voxel has an unscored neighbour. Growth may enter the box's corners to complete a region.
 
-    Background (most of the box) is pruned after the first level. Voxels never scored hold probability 0 in
-    the returned maps. Returns the maps (as :func:`sweep_probabilities`) and the number of patches scored.
+    Why a ball: what must be reached is a distance (the round window from a click a few mm off), and the
+    cube's corners, 48 % of its volume, lie farther than that. Why growth rather than scoring whole cubes
+    around hot lattice voxels: SMICNet is trained to fire only within a voxel or two of a landmark, so its
+    responses are small, and cubes of 7^3 voxels around each hot lattice voxel scored mostly background.
+    Growth is also exact where it matters: a voxel above ``keep_threshold`` always has all its neighbours
+    scored, so every connected region of a class above ``keep_threshold`` (hence every island above any
+    higher read-out threshold) that holds one scored voxel is scored completely, with the values of the dense
+    :func:`sweep_probabilities`. What the lattice can miss is a region with no lattice voxel above
+    ``keep_threshold``; on our phantoms, at stride 3 and 0.02, the points equal the dense sweep's.
+
+    Voxels never scored hold probability 0 in the returned maps. Returns the maps (as
+    :func:`sweep_probabilities`) and the number of patches scored.
     """
     n = _box_size(box_mm)
-    strides = tuple(int(s) for s in strides)
-    if not strides or any(s < 1 for s in strides) or strides[-1] != 1 or list(strides) != sorted(strides, reverse=True):
-        raise InvalidInputError(f"strides must decrease to 1, got {strides}.")
+    if int(coarse_stride) != coarse_stride or coarse_stride < 1:
+        raise InvalidInputError(f"coarse_stride must be a whole number of voxels >= 1, got {coarse_stride}.")
+    if not 0.0 < keep_threshold < 1.0:
+        raise InvalidInputError(f"keep_threshold must lie between 0 and 1, got {keep_threshold}.")
     source = PatchSource(image, seed_ras, n, centre_offset_vox=centre_offset_vox, preprocess=preprocess)
     probs = np.zeros((n, n, n, len(CLASS_NAMES)), dtype=np.float32)
     scored = np.zeros((n, n, n), dtype=bool)
-    axis = _lattice(n, strides[0])
-    candidates = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    candidates = _ball_lattice(n, int(coarse_stride))
     total = 0
-    hot_levels = []  # per level, the voxels scored there where some landmark reached keep_threshold
-    for level, stride in enumerate(strides):
-        candidates = candidates[~scored[tuple(candidates.T)]]
-        if len(candidates):
-            sub = None if progress is None else (
-                lambda f, lv=level: progress((lv + f) / len(strides)))
-            p = classify_voxels(source, classifier, candidates, batch_size=batch_size, progress=sub)
-            probs[tuple(candidates.T)] = p
-            scored[tuple(candidates.T)] = True
-            total += len(candidates)
-            # From this level's own answers: a max over the whole box's class axis cost 12 ms of serial CPU.
-            hot_levels.append(candidates[p[:, :len(LANDMARK_NAMES)].max(axis=1) >= keep_threshold])
-        if level + 1 == len(strides):
-            break
-        hot = np.concatenate(hot_levels) if hot_levels else np.zeros((0, 3), dtype=np.int64)
-        if len(hot) == 0:
-            break
-        finer = strides[level + 1]
-        mask = np.zeros((n, n, n), dtype=bool)
-        mask[tuple(hot.T)] = True
-        mask = _dilate_box(mask, stride)  # one coarse step on each side covers the cells between lattice points
-        fine_axis = np.zeros(n, dtype=bool)
-        fine_axis[_lattice(n, finer)] = True
-        mask &= fine_axis[:, None, None] & fine_axis[None, :, None] & fine_axis[None, None, :]
-        candidates = np.argwhere(mask)
+    level = 0
+    while len(candidates):
+        # The lattice is most of the work: it fills the first 80 % of the bar, each growth round half the rest.
+        lo, hi = (0.0, 0.8) if level == 0 else (1.0 - 0.2 * 0.5 ** (level - 1), 1.0 - 0.2 * 0.5 ** level)
+        sub = None if progress is None else (lambda f, lo=lo, hi=hi: progress(lo + (hi - lo) * f))
+        p = classify_voxels(source, classifier, candidates, batch_size=batch_size, progress=sub)
+        probs[tuple(candidates.T)] = p
+        scored[tuple(candidates.T)] = True
+        total += len(candidates)
+        hot = candidates[p[:, :len(LANDMARK_NAMES)].max(axis=1) >= keep_threshold]
+        candidates = _unscored_neighbours(hot, scored)
+        level += 1
     if progress is not None:
         progress(1.0)
     maps = {name: source.box_image(probs[..., c]) for c, name in enumerate(LANDMARK_NAMES)}

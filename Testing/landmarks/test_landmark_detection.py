@@ -129,25 +129,95 @@ def test_batched_parity_equals_the_authors_sequential_loop():
 
 # --- fast mode ------------------------------------------------------------------------------------------
 
-def test_coarse_to_fine_matches_dense_sweep_where_it_matters():
+def _connected_regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The 26-connected components of ``mask`` as boolean masks (a plain flood fill: the test's own oracle)."""
+    seen = np.zeros_like(mask)
+    regions = []
+    for start in map(tuple, np.argwhere(mask)):
+        if seen[start]:
+            continue
+        region = np.zeros_like(mask)
+        stack = [start]
+        seen[start] = True
+        while stack:
+            v = stack.pop()
+            region[v] = True
+            for d in np.ndindex(3, 3, 3):
+                w = tuple(np.array(v) + np.array(d) - 1)
+                if all(0 <= w[a] < mask.shape[a] for a in range(3)) and mask[w] and not seen[w]:
+                    seen[w] = True
+                    stack.append(w)
+        regions.append(region)
+    return regions
+
+
+def test_coarse_to_fine_scores_every_region_it_touches_completely():
+    """Growth is exact where it matters: each connected region above the keep threshold that holds one scored
+    voxel is scored whole, and so is its one-voxel rim, with the dense sweep's values."""
     image = _volume(OBLIQUE, 0.3, size_mm=24.0)
     dense = sweep_probabilities(image, P, _oracle(40, 40), box_mm=6.0, centre_offset_vox=(0, 0, 0))
     calls: list = []
-    fast, patches = sweep_coarse_to_fine(image, P, _oracle(40, 40, calls), box_mm=6.0, strides=(3, 1),
-                                         keep_threshold=0.05, centre_offset_vox=(0, 0, 0))
+    keep = 0.3
+    fast, patches = sweep_coarse_to_fine(image, P, _oracle(40, 40, calls), box_mm=6.0, coarse_stride=3,
+                                         keep_threshold=keep, centre_offset_vox=(0, 0, 0))
     d, f = dense["Helicotrema"].array, fast["Helicotrema"].array
     island = d > 0.5
     assert island.sum() > 10
     np.testing.assert_array_equal(f[island], d[island])
+    regions = _connected_regions(d >= keep)
+    assert regions
+    touched = [r for r in regions if (f[r] > 0).any()]
+    assert touched  # the lattice found the blob
+    for region in touched:
+        rim = np.zeros_like(region)
+        for v in np.argwhere(region):
+            lo, hi = np.maximum(v - 1, 0), np.minimum(v + 2, region.shape)
+            rim[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
+        np.testing.assert_array_equal(f[rim], d[rim])
     assert patches == sum(calls) < d.size  # background was pruned
     np.testing.assert_allclose(fast["Helicotrema"].ijk_to_ras, dense["Helicotrema"].ijk_to_ras)
 
 
-def test_coarse_to_fine_rejects_bad_strides():
+def test_coarse_lattice_fills_the_inscribed_ball_only():
+    from CochleaLandmarksLib.smicnet_sweep import _ball_lattice, _lattice
+
+    for n, stride in [(70, 3), (9, 2), (10, 3), (1, 1)]:
+        ball = _ball_lattice(n, stride)
+        axis = _lattice(n, stride)
+        cube = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+        inside = np.linalg.norm(cube - (n - 1) / 2.0, axis=1) <= n / 2.0
+        assert {tuple(v) for v in ball} == {tuple(v) for v in cube[inside]}
+        assert len(ball) >= 1
+    # The 21 mm box of fast mode: one lattice voxel per 3^3 voxels of the ball (about half the cube's 24^3).
+    assert abs(len(_ball_lattice(70, 3)) / (4 / 3 * np.pi * 35 ** 3 / 27) - 1) < 0.02
+
+
+def test_unscored_neighbours_are_the_distinct_26_neighbours_inside_the_box():
+    from CochleaLandmarksLib.smicnet_sweep import _unscored_neighbours
+
+    rng = np.random.default_rng(4)
+    scored = rng.random((7, 8, 9)) > 0.6
+    scored = np.zeros((9, 9, 9), dtype=bool) | np.pad(scored, ((1, 1), (0, 1), (0, 0)))[:9, :9, :9]
+    voxels = np.array([[0, 0, 0], [4, 4, 4], [4, 5, 4], [8, 8, 8]])
+    expected = set()
+    for v in voxels:
+        for d in np.ndindex(3, 3, 3):
+            w = v + np.array(d) - 1
+            if d != (1, 1, 1) and np.all((w >= 0) & (w < 9)) and not scored[tuple(w)]:
+                expected.add(tuple(int(x) for x in w))
+    got = _unscored_neighbours(voxels, scored)
+    assert len(got) == len(expected) == len({tuple(v) for v in got})
+    assert {tuple(int(x) for x in v) for v in got} == expected
+
+
+def test_coarse_to_fine_rejects_bad_settings():
     image = _volume(OBLIQUE, 0.3, size_mm=24.0)
-    for strides in [(), (3,), (1, 3), (0, 1)]:
-        with pytest.raises(InvalidInputError, match="strides"):
-            sweep_coarse_to_fine(image, P, _oracle(40, 40), box_mm=3.0, strides=strides)
+    for stride in (0, -1, 1.5):
+        with pytest.raises(InvalidInputError, match="coarse_stride"):
+            sweep_coarse_to_fine(image, P, _oracle(40, 40), box_mm=3.0, coarse_stride=stride)
+    for keep in (0.0, 1.0, -0.1):
+        with pytest.raises(InvalidInputError, match="keep_threshold"):
+            sweep_coarse_to_fine(image, P, _oracle(40, 40), box_mm=3.0, keep_threshold=keep)
 
 
 @pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED, PERMUTED], ids=["oblique", "flipped", "permuted"])
@@ -328,16 +398,3 @@ def test_classifier_preferences_on_the_cpu():
     assert detector.fast_classifier is detector.classifier
     x = np.random.default_rng(0).random((4, 1, 81, 81)).astype(np.float32)
     np.testing.assert_array_equal(sw.smicnet_classifier(model, half=True)(x), detector.classifier(x))
-
-
-def test_hot_region_growth_equals_cubes_around_each_hot_voxel():
-    from CochleaLandmarksLib.smicnet_sweep import _dilate_box
-
-    mask = np.random.default_rng(3).random((17, 19, 23)) > 0.995
-    mask[0, 0, 0] = mask[-1, -1, -1] = True  # the borders
-    expected = np.zeros_like(mask)
-    for p in np.argwhere(mask):
-        lo, hi = np.maximum(p - 3, 0), np.minimum(p + 4, mask.shape)
-        expected[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
-    np.testing.assert_array_equal(_dilate_box(mask, 3), expected)
-    np.testing.assert_array_equal(_dilate_box(mask, 0), mask)
