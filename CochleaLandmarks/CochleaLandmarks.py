@@ -41,7 +41,7 @@ DEFAULT_TRAIN_MODEL_IDS = {"smicnet": "smicnet-custom", "detector": "detector-cu
 DEFAULT_DETECTOR_TRAIN_STEPS = 1500
 #: A model id: lower-case letters, digits, '.', '_' and '-' (as the core's SMICNet training checks).
 MODEL_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-#: Edge of the cube searched around each seed in fast mode (the core's ``FAST_BOX_MM``).
+#: Edge of the box around each seed in fast mode (the core's ``FAST_BOX_MM``); the ball inscribed in it is searched.
 DEFAULT_ROI_MM = 21.0
 #: Opacity of the probability map shown over the CT after a run.
 PROBABILITY_OVERLAY_OPACITY = 0.5
@@ -126,7 +126,8 @@ class CochleaLandmarksParameterNode:
     mode - SMICNet only: fast (coarse-to-fine sweep) or parity (the published procedure, slower).
     model - registry id or weights file; empty for the method's bundled default.
     device - where the network runs: auto (CUDA when usable, else CPU), cpu, cuda or mps.
-    roiSizeMm - SMICNet only: edge length of the cube around each seed that is searched (fast mode), in mm.
+    roiSizeMm - SMICNet only: edge length of the box around each seed (fast mode), in mm; everything within half of it
+      from the seed is searched.
     createProbabilityMaps - add one probability-map volume per landmark.
     saveResults, outputDirectory - also write the results as files into this folder.
     train* - the Train section: method to train, annotated data folder, output folder, new model id,
@@ -838,8 +839,8 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
             detector has only ``fast``.
         :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps``; an unavailable GPU
             falls back to the CPU with a warning.
-        :param roiSizeMm: SMICNet: edge (mm, 5 to 60) of the cube searched around each seed in fast
-            mode; None for the default (``DEFAULT_ROI_MM``). The 3D detector searches its own fixed
+        :param roiSizeMm: SMICNet: edge (mm, 5 to 60) of the box around each seed (its inscribed ball is
+            searched) in fast mode; None for the default (``DEFAULT_ROI_MM``). The 3D detector searches its own fixed
             cube: a value given with it is ignored, with a warning in the results.
         :param createProbabilityMaps: add the probability-map volumes.
         :param outputDirectory: folder to save the results in (created if needed); None: no files.
@@ -1323,7 +1324,7 @@ class CochleaLandmarksTest(ScriptedLoadableModuleTest):
     #: Phantom used for the detection tests (generated in a few seconds; exact ground truth).
     PHANTOM_SEED = 1
     PHANTOM_FOV_MM = 30.0
-    #: A "good click" 1 mm from the landmarks' centroid, and a search cube that reaches every landmark
+    #: A "good click" 1 mm from the landmarks' centroid, and a search box whose inscribed ball reaches every landmark
     #: from it: smaller than the default (21 mm) to keep the self-test's several sweeps quick on a CI CPU.
     SEED_OFFSET_MM = (0.6, -0.5, 0.6)
     SELF_TEST_ROI_MM = 13.0
@@ -1600,7 +1601,7 @@ class CochleaLandmarksTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Seed far from the cochlea")
         case = self._phantom()
         volume = slicer_io.image_to_volume_node(case.image, "Phantom CT")
-        # Near a corner of the phantom, about 20 mm from the cochlea; the search cube reaches 4 mm.
+        # Near a corner of the phantom, about 20 mm from the cochlea; the search reaches 4 mm.
         seedRas = case.image.index_to_ras(np.array(self.FAR_SEED_FRACTION) * (np.array(case.image.shape_ijk) - 1))
         self.assertGreater(float(np.linalg.norm(seedRas - case.landmarks.positions_ras.mean(axis=0))), 15.0)
         seeds = self._seeds(tuple(seedRas))

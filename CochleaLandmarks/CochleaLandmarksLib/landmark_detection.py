@@ -158,7 +158,8 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
         mode: SMICNet only: ``fast`` (coarse-to-fine, corrected centring) or ``parity`` (the authors' exact
             procedure). The 3D detector has one mode, ``fast``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ignored when ``detector`` is given).
-        roi_mm: edge of the searched cube in fast mode (default ``FAST_BOX_MM``); parity mode is fixed.
+        roi_mm: edge of the search box in fast mode (default ``FAST_BOX_MM``; its inscribed ball is searched);
+            parity mode is fixed.
         output_maps: resample the probability maps onto the input's lattice (skip for pure accuracy runs).
         progress: callback ``(fraction, message)`` or a :class:`Progress`; cancellation raises
             :class:`OperationCancelled`.

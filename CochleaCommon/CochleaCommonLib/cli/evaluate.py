@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "centroid, drawn uniformly (default: 1,5)")
     p.add_argument("--seed", type=int, default=0, help="random seed for simulated clicks and background points")
     p.add_argument("--roi-mm", type=float, default=None, metavar="MM",
-                   help="fast mode: edge of the searched cube (default: the method's)")
+                   help="fast mode: edge of the search box, whose inscribed ball is searched (default: the method's)")
     p.add_argument("--background-points", type=int, default=30, metavar="N",
                    help="background patches per case for the patch F1 (0: no patch F1; default: 30)")
     p.add_argument("--failure-mm", type=float, default=3.0, metavar="MM",

@@ -93,8 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(SMICNet only)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--roi-mm", type=float, default=None, metavar="MM",
-                   help="SMICNet fast mode: edge of the searched cube (default: 21 mm, reaches the round window "
-                        "from a click 5 mm off)")
+                   help="SMICNet fast mode: edge of the search box; everything within half of it from the seed "
+                        "is searched (default: 21 mm, reaches the round window from a click 5 mm off)")
     p.add_argument("--download", action="store_true",
                    help="allow downloading a published model that is not on this computer yet (checksummed)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
