@@ -309,9 +309,8 @@ _NEIGHBOURS = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype
 
 def _unscored_neighbours(voxels: np.ndarray, scored: np.ndarray) -> np.ndarray:
     """The distinct 26-neighbours of ``voxels`` ``(M, 3)`` inside the box that are not yet ``scored``."""
-    n = scored.shape[0]
     near = (voxels[:, None, :] + _NEIGHBOURS[None, :, :]).reshape(-1, 3)
-    near = near[np.all((near >= 0) & (near < n), axis=1)]
+    near = near[np.all((near >= 0) & (near < np.array(scored.shape)), axis=1)]
     near = near[~scored[tuple(near.T)]]
     flat = np.unique(np.ravel_multi_index(tuple(near.T), scored.shape))
     return np.stack(np.unravel_index(flat, scored.shape), axis=1).astype(np.int64)

@@ -398,3 +398,11 @@ def test_classifier_preferences_on_the_cpu():
     assert detector.fast_classifier is detector.classifier
     x = np.random.default_rng(0).random((4, 1, 81, 81)).astype(np.float32)
     np.testing.assert_array_equal(sw.smicnet_classifier(model, half=True)(x), detector.classifier(x))
+
+
+def test_unscored_neighbours_respect_each_axis_of_a_non_cubic_box():
+    from CochleaLandmarksLib.smicnet_sweep import _unscored_neighbours
+
+    scored = np.zeros((2, 3, 5), dtype=bool)
+    got = {tuple(int(x) for x in v) for v in _unscored_neighbours(np.array([[1, 2, 4]]), scored)}
+    assert got == {(i, j, k) for i in (0, 1) for j in (1, 2) for k in (3, 4)} - {(1, 2, 4)}
