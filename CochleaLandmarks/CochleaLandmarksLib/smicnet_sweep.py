@@ -19,7 +19,7 @@ Conventions:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .smicnet_model import CLASS_NAMES, PATCH_SIZE, SPACING_MM
 from .smicnet_preprocess import quantize_patches
+from .smicnet_views import SAGITTAL, View, check_view, cut_view, cut_view_torch, margin_needed
 
 HALF = PATCH_SIZE // 2  # 40
 LANDMARK_NAMES = tuple(CLASS_NAMES[:3])
@@ -126,13 +127,22 @@ class PatchSource:
     """
 
     def __init__(self, image: Image, seed_ras, n: int, *, centre_offset_vox=(0, 1, 1),
-                 preprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 preprocess: Callable[[np.ndarray], np.ndarray] | None = None, all_views: bool = False) -> None:
         seed = np.asarray(seed_ras, dtype=np.float64).reshape(3)
         if not np.all(np.isfinite(seed)):
             raise InvalidInputError("The seed point must be a finite RAS position.")
         self.n = int(n)
         self.offset = np.asarray(centre_offset_vox, dtype=np.int64).reshape(3)
         self.margin = np.abs(self.offset) + np.array([0, HALF, HALF])  # per axis i, j, k
+        self.landmark_pixel: int | None = None
+        if all_views:
+            # Coronal patches need context along i too (see smicnet_views); only for an offset that moves the
+            # voxel along the patch diagonal, which is what "the landmark at pixel (p, p)" means.
+            if self.offset[0] != 0 or self.offset[1] != self.offset[2]:
+                raise InvalidInputError(f"Views other than the sagittal need a centre offset (0, s, s), got "
+                                        f"{tuple(int(x) for x in self.offset)}.")
+            self.landmark_pixel = HALF + int(self.offset[1])
+            self.margin = np.full(3, margin_needed(self.landmark_pixel), dtype=np.int64)
         roi_size = self.n + 2 * self.margin
         vol_img = _network_grid(image, seed, roi_size * SPACING_MM)
         trimmed = crop_box(vol_img, seed, roi_size, pad_value=None)
@@ -153,13 +163,23 @@ class PatchSource:
         self._volume_tensor: Any = None
         self._centre_shift: Any = None
         self._steps: Any = None
+        self._margin_tensor: Any = None
 
-    def patches(self, ijk: np.ndarray) -> np.ndarray:
-        """Quantised float32 patches ``(M, 1, 81, 81)`` for box voxels ``ijk`` ``(M, 3)``."""
-        ii, jj, kk = np.asarray(ijk, dtype=np.int64).T
+    def patches(self, ijk: np.ndarray, view: View = SAGITTAL) -> np.ndarray:
+        """Quantised float32 patches ``(M, 1, 81, 81)`` for box voxels ``ijk`` ``(M, 3)`` in ``view`` (a view
+        other than the sagittal needs a source built with ``all_views=True``; see smicnet_views)."""
+        ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
+        if tuple(view) != SAGITTAL:
+            return quantize_patches(cut_view(self.vol, ijk + self.margin, view, self._views_pixel()))[:, None]
+        ii, jj, kk = ijk.T
         return quantize_patches(self.windows[ii, jj, kk])[:, None, :, :]
 
-    def patches_torch(self, ijk: Any, device: Any) -> Any:
+    def _views_pixel(self) -> int:
+        if self.landmark_pixel is None:
+            raise InvalidInputError("This patch source was built for sagittal patches only (all_views=False).")
+        return self.landmark_pixel
+
+    def patches_torch(self, ijk: Any, device: Any, view: View = SAGITTAL) -> Any:
         """The same patches as :meth:`patches`, cut and quantised by torch on ``device`` (bit-identical).
 
         ``ijk`` is a numpy array or an int64 tensor already on ``device`` (the sweep uploads a whole level's
@@ -175,8 +195,13 @@ class PatchSource:
             # Uploaded once with the region: an upload per batch would stall on the batch before it.
             self._centre_shift = torch.as_tensor(self.margin - self.offset, dtype=torch.int64).to(device)
             self._steps = torch.arange(-HALF, HALF + 1, device=device)
+            self._margin_tensor = torch.as_tensor(self.margin, dtype=torch.int64).to(device)
         if not isinstance(ijk, torch.Tensor):
             ijk = torch.as_tensor(np.asarray(ijk, dtype=np.int64), device=device)
+        if tuple(view) != SAGITTAL:
+            centres = ijk + self._margin_tensor  # the voxel's own ROI index
+            return quantize_patches_torch(cut_view_torch(self._volume_tensor, centres, view,
+                                                         self._views_pixel()))[:, None, :, :]
         centre = ijk + self._centre_shift
         steps = self._steps
         rows = centre[:, 1, None] + steps
@@ -190,8 +215,8 @@ class PatchSource:
 
 
 def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray, *, batch_size: int | None = None,
-                    progress: Callable[[float], Any] | None = None) -> np.ndarray:
-    """Class probabilities ``(M, 4)`` for the box voxels ``ijk`` ``(M, 3)``, in batches.
+                    progress: Callable[[float], Any] | None = None, view: View = SAGITTAL) -> np.ndarray:
+    """Class probabilities ``(M, 4)`` for the box voxels ``ijk`` ``(M, 3)`` seen in ``view``, in batches.
 
     ``batch_size`` defaults to the classifier's ``preferred_batch`` (or ``DEFAULT_BATCH``). A classifier with
     ``torch_device`` and ``on_device`` gets patches cut on its device and keeps every output there until one
@@ -216,7 +241,7 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
             pad = -len(chunk) % DEVICE_SHAPE_MULTIPLE
             if pad:  # repeat the last voxel; its extra answers are dropped below
                 chunk = torch.cat([chunk, chunk[-1:].expand(pad, 3)])
-            outs.append(on_device(source.patches_torch(chunk, torch_device))[: stop - start])
+            outs.append(on_device(source.patches_torch(chunk, torch_device, view))[: stop - start])
             if progress is not None:
                 progress(float(stop) / total)
         probs = torch.cat(outs).cpu().numpy()
@@ -225,7 +250,7 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
     probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
-        out = classifier(np.ascontiguousarray(source.patches(ijk[start:stop]), dtype=np.float32))
+        out = classifier(np.ascontiguousarray(source.patches(ijk[start:stop], view), dtype=np.float32))
         if hasattr(out, "detach"):
             out = out.detach().cpu().numpy()
         out = np.asarray(out, dtype=np.float32)
@@ -328,6 +353,8 @@ def sweep_coarse_to_fine(
     progress: Callable[[float], Any] | None = None,
     centre_offset_vox=(0, 1, 1),
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    views: Sequence[View] = (SAGITTAL,),
+    views_threshold: float = 0.1,
 ) -> tuple[dict[str, Image], int]:
     """Score a lattice of every ``coarse_stride``-th voxel of the ball inscribed in the box (everything within
     ``box_mm / 2`` of the seed), then grow the scored set voxel by voxel through the landmark responses: each
@@ -344,15 +371,28 @@ def sweep_coarse_to_fine(
     :func:`sweep_probabilities`. What the lattice can miss is a region with no lattice voxel above
     ``keep_threshold``; on our phantoms, at stride 3 and 0.02, the points equal the dense sweep's.
 
+    ``views`` (see smicnet_views; must include ``SAGITTAL``, the view the lattice and growth score): when more
+    than one, every scored voxel where some landmark reached ``views_threshold`` in the sagittal view is scored
+    in the other views too and holds the mean over ``views``; elsewhere the maps keep the sagittal value (below
+    ``views_threshold``). The threshold is below the islands' 0.5 so that a landmark the sagittal view places a
+    voxel or two off, which the other views place right, is still averaged where they agree.
+
     Voxels never scored hold probability 0 in the returned maps. Returns the maps (as
-    :func:`sweep_probabilities`) and the number of patches scored.
+    :func:`sweep_probabilities`) and the number of patches scored (all views).
     """
     n = _box_size(box_mm)
     if int(coarse_stride) != coarse_stride or coarse_stride < 1:
         raise InvalidInputError(f"coarse_stride must be a whole number of voxels >= 1, got {coarse_stride}.")
     if not 0.0 < keep_threshold < 1.0:
         raise InvalidInputError(f"keep_threshold must lie between 0 and 1, got {keep_threshold}.")
-    source = PatchSource(image, seed_ras, n, centre_offset_vox=centre_offset_vox, preprocess=preprocess)
+    views = _check_views(views)
+    if not 0.0 < views_threshold < 1.0:
+        raise InvalidInputError(f"views_threshold must lie between 0 and 1, got {views_threshold}.")
+    source = PatchSource(image, seed_ras, n, centre_offset_vox=centre_offset_vox, preprocess=preprocess,
+                         all_views=len(views) > 1)
+    share = 1.0 if len(views) == 1 else 0.85  # of the progress bar, for the sagittal sweep
+    if progress is not None and share < 1.0:
+        report, progress = progress, (lambda f: report(share * f))
     probs = np.zeros((n, n, n, len(CLASS_NAMES)), dtype=np.float32)
     scored = np.zeros((n, n, n), dtype=bool)
     candidates = _ball_lattice(n, int(coarse_stride))
@@ -371,8 +411,35 @@ def sweep_coarse_to_fine(
         level += 1
     if progress is not None:
         progress(1.0)
+    if len(views) > 1:
+        sub = None if progress is None else (lambda f: report(share + (1.0 - share) * f))
+        total += _average_views(source, classifier, probs, views, views_threshold, batch_size, sub)
     maps = {name: source.box_image(probs[..., c]) for c, name in enumerate(LANDMARK_NAMES)}
     return maps, total
+
+
+def _check_views(views: Sequence[View]) -> tuple[View, ...]:
+    checked = tuple(check_view(v) for v in views)
+    if SAGITTAL not in checked or len(set(checked)) != len(checked):
+        raise InvalidInputError(f"views must include the sagittal view {tuple(SAGITTAL)} and name each view once; "
+                                f"got {[tuple(v) for v in checked]}.")
+    return checked
+
+
+def _average_views(source: PatchSource, classifier: Classifier, probs: np.ndarray, views: tuple[View, ...],
+                   threshold: float, batch_size: int | None, progress: Callable[[float], Any] | None) -> int:
+    """Replace ``probs`` at the voxels where a landmark reached ``threshold`` (all scored: unscored ones hold 0)
+    by the mean over ``views`` (the sagittal answer is already there); return the number of patches scored."""
+    promising = np.argwhere(probs[..., :len(LANDMARK_NAMES)].max(axis=-1) >= threshold)
+    if not len(promising):
+        return 0
+    others = [v for v in views if v != SAGITTAL]
+    total = probs[tuple(promising.T)].astype(np.float64)
+    for n, view in enumerate(others):
+        sub = None if progress is None else (lambda f, n=n: progress((n + f) / len(others)))
+        total += classify_voxels(source, classifier, promising, batch_size=batch_size, progress=sub, view=view)
+    probs[tuple(promising.T)] = (total / len(views)).astype(np.float32)
+    return len(promising) * len(others)
 
 
 def landmarks_from_probabilities(

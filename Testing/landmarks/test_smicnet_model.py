@@ -213,6 +213,33 @@ def test_fast_forward_trains_exactly_like_forward(torch):
         torch.testing.assert_close(buffer, buffers[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_folded_weights_follow_every_change_of_the_weights(torch):
+    """Inference folds BatchNorm into the depthwise kernels once per state of the weights; an in-place update
+    (an optimiser step, new running statistics) or loaded weights must be folded afresh, never served stale."""
+    torch.manual_seed(3)
+    net = sm.build_smicnet().eval()
+    x = torch.rand(4, 1, 81, 81)
+    with torch.inference_mode():
+        before = net.inference_logits(x)
+        again = net.inference_logits(x)
+    torch.testing.assert_close(again, before, rtol=0, atol=0)
+    with torch.no_grad():
+        net.stages[1].block.bn.running_var.mul_(3.0)
+        net.stem.depthwise.weight.add_(0.05)
+    with torch.inference_mode():
+        changed = net.inference_logits(x)
+        reference = net(x)
+    assert not torch.allclose(changed, before)
+    torch.testing.assert_close(changed, reference, rtol=1e-4, atol=1e-4)
+    other = sm.build_smicnet().eval()
+    net.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(net.inference_logits(x), other(x), rtol=1e-4, atol=1e-4)
+    with torch.enable_grad():  # training-style calls get a graph, and leave no graph-carrying cache behind
+        net.inference_logits(x.requires_grad_(True)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_predict_proba_ignores_and_restores_training_mode(model, torch):
     x = torch.rand(4, 1, 81, 81)
     model.train()

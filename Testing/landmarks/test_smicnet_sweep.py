@@ -2,8 +2,8 @@
 
 An oracle classifier stands in for the network: it reports class 0 (Helicotrema) with the value of
 one chosen pixel of the preprocessed patch. The volume holds a bright Gaussian blob at a known RAS
-point P plus a bright slab a few mm away (so every patch has the same intensity maximum and the
-per-patch min-max normalisation cannot amplify the blob's faint tails). The sweep must then put
+point P plus bright slabs a few mm away (so every patch near P, sagittal or coronal, has the same intensity
+maximum and the per-patch min-max normalisation cannot amplify the blob's faint tails). The sweep must then put
 the Helicotrema at P on oblique, mirrored and resampled volumes.
 """
 
@@ -29,7 +29,8 @@ def _rotation(ax_deg: float, az_deg: float) -> np.ndarray:
 
 
 def _volume(direction: np.ndarray, spacing: float, *, blob: bool = True, size_mm: float = 36.0) -> Image:
-    """A volume centred near P: Gaussian blob at P (peak 1000) and a 1 mm slab 8 mm anterior to P."""
+    """A volume centred near P: Gaussian blob at P (peak 1000), a 1 mm slab 8 mm anterior to P and one 8 mm to
+    its right (sagittal patches see the first, coronal patches the second)."""
     n = int(round(size_mm / spacing))
     m = np.eye(4)
     m[:3, :3] = direction * spacing
@@ -41,7 +42,8 @@ def _volume(direction: np.ndarray, spacing: float, *, blob: bool = True, size_mm
     values = np.zeros((n, n, n), dtype=np.float32)
     if blob:
         values += 1000.0 * np.exp(-(d ** 2).sum(-1) / (2 * SIGMA_MM ** 2))
-    values[np.abs(d[..., 1] - 8.0) < 0.5] = 1000.0
+    values[np.abs(d[..., 1] - 8.0) < 0.5] = 1000.0  # seen by every sagittal patch near P
+    values[np.abs(d[..., 0] + 8.0) < 0.5] = 1000.0  # and this one by every coronal patch (the other views)
     return img.with_array(values.astype(np.float32))
 
 
