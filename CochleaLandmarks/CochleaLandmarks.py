@@ -123,7 +123,8 @@ class CochleaLandmarksParameterNode:
         named after the volume is created, and reused by later runs on that volume). Not used when
         detecting both ears: each ear gets its own list, named by side.
     method - landmark detector: smicnet (2D patches) or detector (3D).
-    mode - SMICNet only: fast (coarse-to-fine sweep) or parity (the published procedure, slower).
+    mode - SMICNet only: fast (coarse-to-fine sweep, eight patch views averaged near the landmarks) or parity
+        (the published procedure, slower).
     model - registry id or weights file; empty for the method's bundled default.
     device - where the network runs: auto (CUDA when usable, else CPU), cpu, cuda or mps.
     roiSizeMm - SMICNet only: edge length of the box around each seed (fast mode), in mm; everything within half of it
@@ -835,8 +836,8 @@ class CochleaLandmarksLogic(ScriptedLoadableModuleLogic):
         :param method: landmark detector; one of ``METHODS``: ``smicnet`` (2D patch classifier) or
             ``detector`` (3D detector).
         :param model: registry id or weights file; None for the method's bundled default.
-        :param mode: SMICNet: ``fast`` (coarse-to-fine) or ``parity`` (the published procedure). The 3D
-            detector has only ``fast``.
+        :param mode: SMICNet: ``fast`` (coarse-to-fine, eight views averaged near the landmarks) or ``parity``
+            (the published procedure). The 3D detector has only ``fast``.
         :param device: ``auto``, ``cpu``, ``cuda``, ``cuda:<index>`` or ``mps``; an unavailable GPU
             falls back to the CPU with a warning.
         :param roiSizeMm: SMICNet: edge (mm, 5 to 60) of the box around each seed (its inscribed ball is

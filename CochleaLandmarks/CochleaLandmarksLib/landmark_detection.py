@@ -155,8 +155,8 @@ def detect_landmarks(image: Image, seed_ras: Any, *, method: str = "smicnet",
             (3D heatmap and displacement network, coarse then fine pass).
         model / detector: a registry id or weight file, or an already loaded detector (for loops; its
             method wins over ``method``).
-        mode: SMICNet only: ``fast`` (coarse-to-fine, corrected centring) or ``parity`` (the authors' exact
-            procedure). The 3D detector has one mode, ``fast``.
+        mode: SMICNet only: ``fast`` (coarse-to-fine, corrected centring, eight views averaged where promising) or
+            ``parity`` (the authors' exact procedure). The 3D detector has one mode, ``fast``.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (ignored when ``detector`` is given).
         roi_mm: edge of the search box in fast mode (default ``FAST_BOX_MM``; its inscribed ball is searched);
             parity mode is fixed.

@@ -65,6 +65,14 @@ def test_views_cut_by_torch_equal_the_numpy_views():
     for view in ALL_VIEWS:
         np.testing.assert_array_equal(source.patches_torch(ijk, torch.device("cpu"), view).numpy(),
                                       source.patches(ijk, view))
+    # And through the sweep's device path (what a CUDA classifier takes), padding included.
+    on_numpy = _oracle(41, 41)
+    on_device = _oracle(41, 41)
+    on_device.torch_device = torch.device("cpu")
+    on_device.on_device = lambda x: torch.from_numpy(on_numpy(x.numpy()))
+    for view in (View("coronal", 3), View("sagittal", 1)):
+        np.testing.assert_array_equal(classify_voxels(source, on_device, ijk, view=view),
+                                      classify_voxels(source, on_numpy, ijk, view=view))
 
 
 def test_bad_views_and_sources_are_refused():

@@ -89,8 +89,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     weights.add_argument("--weights", type=Path, default=None, metavar="FILE",
                          help="weight file instead of a registry model (.pt, or the authors' Keras .h5)")
     p.add_argument("--mode", choices=MODE_CHOICES, default="fast", metavar="MODE",
-                   help="fast (default): coarse-to-fine, centring corrected; parity: the authors' exact procedure "
-                        "(SMICNet only)")
+                   help="fast (default): coarse-to-fine, centring corrected, 8 views averaged near the landmarks; "
+                        "parity: the authors' exact procedure (SMICNet only)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--roi-mm", type=float, default=None, metavar="MM",
                    help="SMICNet fast mode: edge of the search box; everything within half of it from the seed "
