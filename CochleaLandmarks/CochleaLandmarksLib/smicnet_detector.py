@@ -53,9 +53,9 @@ FAST_VIEWS = ALL_VIEWS
 FAST_VIEWS_THRESHOLD = 0.1
 #: Island threshold per landmark in fast mode.
 FAST_THRESHOLD = 0.5
-#: Least evidence (summed log-odds) of an island fast mode considers. None: an island of the mean over eight views
-#: is already a region where at least half of the network's views agree, which is what the old gate (4.0, against
-#: one-view noise islands) was for; with it, a modiolus base found 0.2 mm from the truth in a 5-voxel island where
+#: Least evidence (summed log-odds) of an island fast mode considers: no gate. An island of the mean over eight views
+#: needs that mean above 0.5, and one view's noise adds at most 1/8 to it, so one-view noise islands, what the old
+#: gate (4.0) was for, cannot form alone; with it, a modiolus base found 0.2 mm from the truth in a 5-voxel island where
 #: the sagittal and coronal views disagreed by a voxel or two was dropped, and with it the whole cochlea.
 FAST_MIN_EVIDENCE = 0.0
 #: Landmarks whose fast-mode point is the peak of the island's smoothed log-odds rather than its weighted centre:

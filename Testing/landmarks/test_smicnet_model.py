@@ -235,6 +235,11 @@ def test_folded_weights_follow_every_change_of_the_weights(torch):
     net.load_state_dict(other.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(net.inference_logits(x), other(x), rtol=1e-4, atol=1e-4)
+    net.to(torch.float64)  # a dtype (or device) move must refold too
+    with torch.inference_mode():
+        torch.testing.assert_close(net.inference_logits(x.double()), other.double()(x.double()), rtol=1e-9,
+                                   atol=1e-9)
+    net.float()
     with torch.enable_grad():  # training-style calls get a graph, and leave no graph-carrying cache behind
         net.inference_logits(x.requires_grad_(True)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
