@@ -96,10 +96,12 @@ class LoadedDetector:
 
     @property
     def fast_classifier(self) -> Any:
-        """The classifier of fast mode: float16 autocast on CUDA (see ``smicnet_classifier``), else ``classifier``."""
+        """The classifier of fast mode: float16 autocast and CUDA graphs on CUDA (see ``smicnet_classifier``), else
+        ``classifier``."""
         if self._fast_classifier is None:
             on_cuda = str(self.device).startswith("cuda")
-            self._fast_classifier = smicnet_classifier(self.network, half=True) if on_cuda else self.classifier
+            self._fast_classifier = (smicnet_classifier(self.network, half=True, graphs=True) if on_cuda
+                                     else self.classifier)
         return self._fast_classifier
 
 

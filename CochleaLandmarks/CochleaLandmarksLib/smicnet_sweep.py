@@ -40,9 +40,12 @@ SPACING_TOLERANCE = 0.01  # relative; within it the volume is used as is (no int
 GPU_BATCH = 4096
 SMALL_GPU_BATCH = 1024
 LARGE_GPU_GB = 12.0
-#: On a device, batches are padded to a multiple of this: cuDNN's autotuner (benchmark mode) times its kernels
-#: again for every new input shape, and each click's levels end in a batch of a different size.
+#: On a device, batches are padded to a few stable sizes: cuDNN's autotuner (benchmark mode) times its kernels
+#: again for every new input shape, a CUDA graph is captured per shape, and each click's levels end in a batch of
+#: a different size. Up to DEVICE_SHAPE_MULTIPLE the next power of two from DEVICE_MIN_SHAPE (the growth rounds'
+#: small batches: on an H100 a 128-patch call takes a third of a 512-patch one), above it the next multiple.
 DEVICE_SHAPE_MULTIPLE = 512
+DEVICE_MIN_SHAPE = 128
 #: Patches per call on the CPU: every activation stays below glibc's 32 MiB mmap threshold and in cache.
 CPU_BATCH = 64
 #: Batch for classifiers that state no preference (test oracles, user callables).
@@ -74,7 +77,7 @@ def gpu_batch(device: Any) -> int:
     return GPU_BATCH if total_gb >= LARGE_GPU_GB else SMALL_GPU_BATCH
 
 
-def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
+def smicnet_classifier(model: Any, *, half: bool = False, graphs: bool = False) -> Classifier:
     """Adapt a SMICNet model (``build_smicnet``) to the classifier the sweep calls.
 
     It takes a float32 batch ``(N, 1, 81, 81)`` as a numpy array or a torch tensor and returns float32
@@ -88,6 +91,10 @@ def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
     ``half`` (CUDA only; fast mode): the network runs under float16 autocast, the softmax in float32. On an
     H100 this cuts the network's time by a third; probabilities move by < 0.005 and the classes and
     landmark points did not change in our checks (see the README). Parity mode never uses it.
+
+    ``graphs`` (CUDA only; fast mode): each batch shape is captured once as a CUDA graph and replayed
+    (:mod:`cuda_graph_forward`): the sweep's many small calls then cost what the GPU does, not what launching
+    a hundred kernels from Python does. Same values as without (the same kernels run).
     """
     import torch
 
@@ -98,14 +105,22 @@ def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
 
     autocast = half and device.type == "cuda"
 
+    def network(x: Any) -> Any:
+        if autocast:  # no cast cache: a graph must recast the weights it reads on every replay
+            with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+                return model.predict_proba(x).float()
+        return model.predict_proba(x)
+
+    if graphs and device.type == "cuda":
+        from .cuda_graph_forward import GraphedForward, module_state
+
+        network = GraphedForward(network, module_state(model))
+
     def on_device(x: Any) -> Any:
         x = x.to(device=device, dtype=torch.float32)
         if on_cpu:
             x = x.contiguous(memory_format=torch.channels_last)
-        if autocast:
-            with torch.autocast("cuda", dtype=torch.float16):
-                return model.predict_proba(x).float()
-        return model.predict_proba(x)
+        return network(x)
 
     def classify(batch: Any) -> np.ndarray:
         if not isinstance(batch, torch.Tensor):
@@ -114,6 +129,7 @@ def smicnet_classifier(model: Any, *, half: bool = False) -> Classifier:
 
     classify.torch_device = None if on_cpu else device
     classify.on_device = on_device
+    classify.network = network
     classify.preferred_batch = CPU_BATCH if on_cpu else gpu_batch(device)
     return classify
 
@@ -190,12 +206,7 @@ class PatchSource:
 
         from .smicnet_preprocess import quantize_patches_torch
 
-        if self._volume_tensor is None or self._volume_tensor.device != torch.device(device):
-            self._volume_tensor = torch.from_numpy(np.ascontiguousarray(self.vol, dtype=np.float32)).to(device)
-            # Uploaded once with the region: an upload per batch would stall on the batch before it.
-            self._centre_shift = torch.as_tensor(self.margin - self.offset, dtype=torch.int64).to(device)
-            self._steps = torch.arange(-HALF, HALF + 1, device=device)
-            self._margin_tensor = torch.as_tensor(self.margin, dtype=torch.int64).to(device)
+        self._upload(device)
         if not isinstance(ijk, torch.Tensor):
             ijk = torch.as_tensor(np.asarray(ijk, dtype=np.int64), device=device)
         if tuple(view) != SAGITTAL:
@@ -208,6 +219,20 @@ class PatchSource:
         cols = centre[:, 2, None] + steps
         patches = self._volume_tensor[centre[:, 0, None, None], rows[:, :, None], cols[:, None, :]]
         return quantize_patches_torch(patches)[:, None, :, :]
+
+    def _upload(self, device: Any) -> None:
+        """Copy the region (and the index constants) to ``device`` once."""
+        import torch
+
+        if self._volume_tensor is None or self._volume_tensor.device != torch.device(device):
+            # The region's own KJI array is contiguous; its [i, j, k] view is made on the device (transposing the
+            # 3.5 M voxels on the host first took longer than the lattice's network pass on an H100).
+            kji = torch.from_numpy(np.ascontiguousarray(self.roi.array, dtype=np.float32)).to(device)
+            self._volume_tensor = kji.permute(2, 1, 0).contiguous()
+            # Uploaded once with the region: an upload per batch would stall on the batch before it.
+            self._centre_shift = torch.as_tensor(self.margin - self.offset, dtype=torch.int64).to(device)
+            self._steps = torch.arange(-HALF, HALF + 1, device=device)
+            self._margin_tensor = torch.as_tensor(self.margin, dtype=torch.int64).to(device)
 
     def box_image(self, array_ijk: np.ndarray) -> Image:
         """An :class:`Image` on the box grid from an array indexed ``[i, j, k]``."""
@@ -222,26 +247,51 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
     ``torch_device`` and ``on_device`` gets patches cut on its device and keeps every output there until one
     copy to the host at the end: no synchronisation per batch.
     """
+    return classify_views(source, classifier, ijk, (view,), batch_size=batch_size, progress=progress)[0]
+
+
+def classify_views(source: PatchSource, classifier: Classifier, ijk: np.ndarray, views: Sequence[View], *,
+                   batch_size: int | None = None, progress: Callable[[float], Any] | None = None) -> np.ndarray:
+    """Class probabilities ``(V, M, 4)`` of the voxels ``ijk`` ``(M, 3)`` in each of ``views``.
+
+    Why one call for all views: the patches of every view share the batches, so a few hundred voxels in seven
+    views are one or two classifier calls, not seven. On a GPU each call has a fixed cost of a few ms (kernel
+    launches, a synchronisation) that a small batch does not amortise.
+    """
+    ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
+    views = tuple(check_view(v) for v in views)
+    probs = classify_groups(source, classifier, [(ijk, v) for v in views], batch_size=batch_size, progress=progress)
+    return probs.reshape(len(views), len(ijk), len(CLASS_NAMES))
+
+
+def classify_groups(source: PatchSource, classifier: Classifier, groups: Sequence[tuple[np.ndarray, View]], *,
+                    batch_size: int | None = None, progress: Callable[[float], Any] | None = None) -> np.ndarray:
+    """Class probabilities ``(sum of M_g, 4)`` of the groups ``(ijk (M_g, 3), view)``, one after the other, in
+    shared batches (a batch may hold the end of one group and the start of the next)."""
     if batch_size is None:
         batch_size = int(getattr(classifier, "preferred_batch", DEFAULT_BATCH))
     if batch_size < 1:
         raise InvalidInputError(f"batch_size must be at least 1, got {batch_size}.")
-    ijk = np.asarray(ijk, dtype=np.int64).reshape(-1, 3)
-    total = len(ijk)
+    groups = [(np.asarray(ijk, dtype=np.int64).reshape(-1, 3), check_view(view)) for ijk, view in groups]
+    bounds = np.cumsum([0] + [len(ijk) for ijk, _ in groups])
+    total = int(bounds[-1])
     torch_device = getattr(classifier, "torch_device", None)
     on_device = getattr(classifier, "on_device", None)
     if torch_device is not None and on_device is not None and total:
         import torch
 
         outs = []
-        ijk_on_device = torch.as_tensor(ijk, device=torch_device)  # one upload for the whole level
+        # One upload for the whole call: a pageable upload per batch would wait for the batch before it.
+        ijk_on_device = torch.as_tensor(np.concatenate([ijk for ijk, _ in groups]), device=torch_device)
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            chunk = ijk_on_device[start:stop]
-            pad = -len(chunk) % DEVICE_SHAPE_MULTIPLE
-            if pad:  # repeat the last voxel; its extra answers are dropped below
-                chunk = torch.cat([chunk, chunk[-1:].expand(pad, 3)])
-            outs.append(on_device(source.patches_torch(chunk, torch_device, view))[: stop - start])
+            patches = torch.cat([source.patches_torch(ijk_on_device[bounds[g] + lo:bounds[g] + hi], torch_device,
+                                                      groups[g][1])
+                                 for g, lo, hi in _group_segments(start, stop, bounds)])
+            pad = device_batch_shape(len(patches)) - len(patches)
+            if pad:  # repeat the last patch; its extra answers are dropped below
+                patches = torch.cat([patches, patches[-1:].expand(pad, *patches.shape[1:])])
+            outs.append(on_device(patches)[: stop - start])
             if progress is not None:
                 progress(float(stop) / total)
         probs = torch.cat(outs).cpu().numpy()
@@ -250,7 +300,9 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
     probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
-        out = classifier(np.ascontiguousarray(source.patches(ijk[start:stop], view), dtype=np.float32))
+        patches = np.concatenate([source.patches(groups[g][0][lo:hi], groups[g][1])
+                                  for g, lo, hi in _group_segments(start, stop, bounds)])
+        out = classifier(np.ascontiguousarray(patches, dtype=np.float32))
         if hasattr(out, "detach"):
             out = out.detach().cpu().numpy()
         out = np.asarray(out, dtype=np.float32)
@@ -259,6 +311,24 @@ def classify_voxels(source: PatchSource, classifier: Classifier, ijk: np.ndarray
         if progress is not None:
             progress(float(stop) / max(total, 1))
     return probs
+
+
+def device_batch_shape(n: int) -> int:
+    """The batch size ``n`` patches are padded to on a device (see ``DEVICE_SHAPE_MULTIPLE``)."""
+    if n > DEVICE_SHAPE_MULTIPLE:
+        return -(-n // DEVICE_SHAPE_MULTIPLE) * DEVICE_SHAPE_MULTIPLE
+    return max(DEVICE_MIN_SHAPE, 1 << max(0, n - 1).bit_length())
+
+
+def _group_segments(start: int, stop: int, bounds: np.ndarray) -> list[tuple[int, int, int]]:
+    """Rows ``start:stop`` of the groups laid end to end (group ``g`` holds rows ``bounds[g]:bounds[g + 1]``) as
+    ``(group, first row, end row)`` runs, rows counted within the group; empty groups are skipped."""
+    runs = []
+    for g in range(len(bounds) - 1):
+        lo, hi = max(start, int(bounds[g])), min(stop, int(bounds[g + 1]))
+        if lo < hi:
+            runs.append((g, lo - int(bounds[g]), hi - int(bounds[g])))
+    return runs
 
 
 def _check_shape(shape: tuple[int, ...], expected_rows: int) -> None:
@@ -396,6 +466,7 @@ def sweep_coarse_to_fine(
     probs = np.zeros((n, n, n, len(CLASS_NAMES)), dtype=np.float32)
     scored = np.zeros((n, n, n), dtype=bool)
     candidates = _ball_lattice(n, int(coarse_stride))
+    visited = []
     total = 0
     level = 0
     while len(candidates):
@@ -405,6 +476,7 @@ def sweep_coarse_to_fine(
         p = classify_voxels(source, classifier, candidates, batch_size=batch_size, progress=sub)
         probs[tuple(candidates.T)] = p
         scored[tuple(candidates.T)] = True
+        visited.append(candidates)
         total += len(candidates)
         hot = candidates[p[:, :len(LANDMARK_NAMES)].max(axis=1) >= keep_threshold]
         candidates = _unscored_neighbours(hot, scored)
@@ -413,7 +485,8 @@ def sweep_coarse_to_fine(
         progress(1.0)
     if len(views) > 1:
         sub = None if progress is None else (lambda f: report(share + (1.0 - share) * f))
-        total += _average_views(source, classifier, probs, views, views_threshold, batch_size, sub)
+        total += _average_views(source, classifier, probs, np.concatenate(visited), views, views_threshold,
+                                batch_size, sub)
     maps = {name: source.box_image(probs[..., c]) for c, name in enumerate(LANDMARK_NAMES)}
     return maps, total
 
@@ -426,18 +499,22 @@ def _check_views(views: Sequence[View]) -> tuple[View, ...]:
     return checked
 
 
-def _average_views(source: PatchSource, classifier: Classifier, probs: np.ndarray, views: tuple[View, ...],
-                   threshold: float, batch_size: int | None, progress: Callable[[float], Any] | None) -> int:
-    """Replace ``probs`` at the voxels where a landmark reached ``threshold`` (all scored: unscored ones hold 0)
-    by the mean over ``views`` (the sagittal answer is already there); return the number of patches scored."""
-    promising = np.argwhere(probs[..., :len(LANDMARK_NAMES)].max(axis=-1) >= threshold)
+def _average_views(source: PatchSource, classifier: Classifier, probs: np.ndarray, scored: np.ndarray,
+                   views: tuple[View, ...], threshold: float, batch_size: int | None,
+                   progress: Callable[[float], Any] | None) -> int:
+    """Replace ``probs`` at the ``scored`` voxels ``(M, 3)`` where a landmark reached ``threshold`` by the mean
+    over ``views`` (the sagittal answer is already there); return the number of patches scored.
+
+    Why at the end, in one call, rather than riding along in each growth round: cutting a view's patches is a
+    dozen kernel launches, and paying them for seven views in every round doubled the GPU sweep. Only the
+    scored voxels are searched (unscored ones hold 0): a max over the whole box's landmark channels cost more
+    than the network on a GPU."""
+    promising = scored[probs[tuple(scored.T)][:, :len(LANDMARK_NAMES)].max(axis=1) >= threshold]
     if not len(promising):
         return 0
-    others = [v for v in views if v != SAGITTAL]
-    total = probs[tuple(promising.T)].astype(np.float64)
-    for n, view in enumerate(others):
-        sub = None if progress is None else (lambda f, n=n: progress((n + f) / len(others)))
-        total += classify_voxels(source, classifier, promising, batch_size=batch_size, progress=sub, view=view)
+    others = tuple(v for v in views if v != SAGITTAL)
+    answers = classify_views(source, classifier, promising, others, batch_size=batch_size, progress=progress)
+    total = probs[tuple(promising.T)].astype(np.float64) + answers.sum(axis=0, dtype=np.float64)
     probs[tuple(promising.T)] = (total / len(views)).astype(np.float32)
     return len(promising) * len(others)
 

@@ -355,8 +355,8 @@ def test_patches_cut_by_torch_equal_the_numpy_patches_and_probabilities():
 
 
 def test_device_batches_are_padded_to_stable_shapes_and_the_padding_is_dropped():
-    """On a device every batch is padded to a multiple of DEVICE_SHAPE_MULTIPLE (cuDNN autotunes per shape);
-    the answers for the padding must not leak into the result."""
+    """On a device every batch is padded to a stable size (cuDNN autotunes and a CUDA graph is captured per
+    shape); the answers for the padding must not leak into the result."""
     torch = pytest.importorskip("torch")
     from CochleaLandmarksLib import smicnet_sweep as sw
     from CochleaLandmarksLib.smicnet_model import build_smicnet
@@ -379,7 +379,9 @@ def test_device_batches_are_padded_to_stable_shapes_and_the_padding_is_dropped()
     on_device.torch_device = torch.device("cpu")
     on_device.preferred_batch = 100
     got = sw.classify_voxels(source, on_device, ijk)
-    assert shapes == [512, 512], shapes  # 100 + 46 voxels, each batch padded up to 512
+    assert shapes == [128, 128], shapes  # 100 + 46 voxels, each batch padded up to 128
+    assert [sw.device_batch_shape(n) for n in (1, 128, 129, 256, 300, 512, 513, 1024, 4000, 4096)] == [
+        128, 128, 256, 256, 512, 512, 1024, 1024, 4096, 4096]
     assert got.shape == (len(ijk), 4)
     np.testing.assert_allclose(got, sw.classify_voxels(source, plain, ijk), atol=1e-6)
 

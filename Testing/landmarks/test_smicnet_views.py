@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 from CochleaCommonLib.errors import InvalidInputError
 from CochleaLandmarksLib.smicnet_preprocess import quantize_patches
-from CochleaLandmarksLib.smicnet_sweep import PatchSource, classify_voxels, sweep_coarse_to_fine
+from CochleaLandmarksLib.smicnet_sweep import (
+    PatchSource,
+    classify_groups,
+    classify_views,
+    classify_voxels,
+    sweep_coarse_to_fine,
+)
 from CochleaLandmarksLib.smicnet_views import ALL_VIEWS, SAGITTAL, View, check_view, cut_view, margin_needed
 from test_smicnet_sweep import OBLIQUE, P, _oracle, _volume
 
@@ -73,6 +79,36 @@ def test_views_cut_by_torch_equal_the_numpy_views():
     for view in (View("coronal", 3), View("sagittal", 1)):
         np.testing.assert_array_equal(classify_voxels(source, on_device, ijk, view=view),
                                       classify_voxels(source, on_numpy, ijk, view=view))
+
+
+def test_all_views_in_shared_batches_equal_one_call_per_view():
+    """classify_views puts the patches of several views into the same batches (a batch may end inside a view):
+    every (view, voxel) answer must still be that view's own, on the numpy path and on the device path."""
+    torch = pytest.importorskip("torch")
+    image = _volume(OBLIQUE, 0.3, size_mm=30.0)
+    noise = np.random.default_rng(3).normal(0.0, 200.0, image.array.shape)  # every pixel tells views apart
+    image = image.with_array((image.array + noise).astype(np.float32))
+    source = PatchSource(image, P, 9, centre_offset_vox=(0, 1, 1), all_views=True)
+    ijk = np.stack(np.unravel_index(np.arange(3, 9 ** 3, 37), (9, 9, 9)), axis=1)  # 20 voxels
+    views = (View("coronal", 1), SAGITTAL, View("sagittal", 3), View("coronal", 2))
+    on_numpy = _oracle(30, 52)  # off the landmark pixel, where the views differ
+    on_device = _oracle(30, 52)
+    on_device.torch_device = torch.device("cpu")
+    on_device.on_device = lambda x: torch.from_numpy(on_numpy(x.numpy()))
+    one_by_one = np.stack([classify_voxels(source, on_numpy, ijk, view=v) for v in views])
+    assert len({tuple(a.ravel()) for a in one_by_one}) == len(views)  # the views do answer differently
+    for classifier in (on_numpy, on_device):
+        for batch in (7, 20, 33, 1000):
+            got = classify_views(source, classifier, ijk, views, batch_size=batch)
+            assert got.shape == (len(views), len(ijk), 4)
+            np.testing.assert_array_equal(got, one_by_one)
+    assert classify_views(source, on_numpy, ijk[:0], views).shape == (len(views), 0, 4)
+    # Groups of different voxels and views, an empty one among them (what the sweep's rounds send).
+    groups = [(ijk[:5], View("coronal", 1)), (ijk[:0], SAGITTAL), (ijk[3:], View("sagittal", 3)), (ijk[7:9], SAGITTAL)]
+    expected = np.concatenate([classify_voxels(source, on_numpy, g, view=v) for g, v in groups])
+    for classifier in (on_numpy, on_device):
+        for batch in (4, 5, 17, 1000):
+            np.testing.assert_array_equal(classify_groups(source, classifier, groups, batch_size=batch), expected)
 
 
 def test_bad_views_and_sources_are_refused():
