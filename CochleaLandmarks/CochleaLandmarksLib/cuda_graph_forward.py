@@ -13,8 +13,8 @@ parameter and buffer, and captured again when any changes (a device or dtype mov
 capturing fails (an operation a graph cannot hold, an old driver), the forward runs eagerly from then on, with
 the same results.
 
-Memory: the graphs of one model share one memory pool, which stays allocated while the model is in use
-(about the activation memory of the largest batch, ~2.5 GB at 4096 patches).
+Memory: the graphs of one model share one memory pool, which stays allocated while the model is in use (after
+fast sweeps on an H100: 8 graphs, 2.2 GB peak allocated, 3.3 GB reserved by torch's allocator).
 """
 
 from __future__ import annotations
