@@ -285,9 +285,9 @@ def classify_groups(source: PatchSource, classifier: Classifier, groups: Sequenc
         ijk_on_device = torch.as_tensor(np.concatenate([ijk for ijk, _ in groups]), device=torch_device)
         for start in range(0, total, batch_size):
             stop = min(start + batch_size, total)
-            patches = torch.cat([source.patches_torch(ijk_on_device[bounds[g] + lo:bounds[g] + hi], torch_device,
-                                                      groups[g][1])
-                                 for g, lo, hi in _group_segments(start, stop, bounds)])
+            parts = [source.patches_torch(ijk_on_device[bounds[g] + lo:bounds[g] + hi], torch_device, groups[g][1])
+                     for g, lo, hi in _group_segments(start, stop, bounds)]
+            patches = parts[0] if len(parts) == 1 else torch.cat(parts)
             pad = device_batch_shape(len(patches)) - len(patches)
             if pad:  # repeat the last patch; its extra answers are dropped below
                 patches = torch.cat([patches, patches[-1:].expand(pad, *patches.shape[1:])])
@@ -300,8 +300,9 @@ def classify_groups(source: PatchSource, classifier: Classifier, groups: Sequenc
     probs = np.zeros((total, len(CLASS_NAMES)), dtype=np.float32)
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
-        patches = np.concatenate([source.patches(groups[g][0][lo:hi], groups[g][1])
-                                  for g, lo, hi in _group_segments(start, stop, bounds)])
+        parts = [source.patches(groups[g][0][lo:hi], groups[g][1])
+                 for g, lo, hi in _group_segments(start, stop, bounds)]
+        patches = parts[0] if len(parts) == 1 else np.concatenate(parts)  # one group: no copy
         out = classifier(np.ascontiguousarray(patches, dtype=np.float32))
         if hasattr(out, "detach"):
             out = out.detach().cpu().numpy()
