@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_ERROR)
     verbose = bool(getattr(args, "verbose", False))
     _configure_logging(verbose)
+    from .. import malloc_tuning
+
+    malloc_tuning.tune_malloc_for_batches()  # our own process: batch buffers are reused, not re-faulted
     try:
         return int(args.handler(args) or EXIT_OK)
     except (CochleaError, OSError) as exc:
