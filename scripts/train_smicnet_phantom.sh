@@ -33,9 +33,9 @@
 #
 # Reference run (one H100, `DEVICE=auto`, 5 min including the phantoms): 60 epochs, best epoch 50, held-out
 # patch accuracy 0.991 (F1 Helicotrema 0.988, Modiolus base 0.990, Round Window 0.996, background 0.991).
-# Fast-mode detection (21 mm box, seed click, landmark pixel 40) on 24 evaluation phantoms (CT and CBCT,
-# seeds 0-11): median error Helicotrema 0.73 mm, Modiolus base 0.22 mm, Round Window 0.14 mm; 1 gross
-# (> 5 mm) Helicotrema miss. On a 2-core CPU a step took ~0.75 s with the reference forward (about 2.5 hours);
+# Fast-mode detection as it was then (21 mm cube, one view; today's figures are in the README) on 24
+# evaluation phantoms (CT and CBCT, seeds 0-11): median error Helicotrema 0.73 mm, Modiolus base 0.22 mm,
+# Round Window 0.14 mm; 1 gross (> 5 mm) Helicotrema miss. On a 2-core CPU a step took ~0.75 s with the reference forward (about 2.5 hours);
 # training now runs SMICNet.fast_forward, about 0.24 s per step (about 50 minutes for the full run).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -2,11 +2,15 @@
 
 Why: inference allocates and frees buffers of 1-30 MB per batch (patches, activations). With glibc's defaults,
 blocks above a threshold that adapts as the process runs are mapped fresh from the kernel and unmapped when
-freed, and the heap's top is trimmed as soon as 128 kB lie free; every new batch then touches fresh pages. In a
-new process, before the threshold has adapted, a SMICNet fast sweep on 2 CPU cores took 230,000 to 1,000,000
-minor page faults and up to 1 s longer than the same sweep run a second time; with the thresholds below, 80,000
-faults and no first-run penalty (measured with ``/usr/bin/time``; see issue #4's notes). Memory is reused,
-not grown: the peak is that of the largest batch either way.
+freed, and the heap's top is trimmed as soon as 128 kB lie free; a batch can then touch fresh pages.
+
+History and what it does: an earlier version of this setting (``cpu_allocator.py``, applied for every CPU
+classifier) was dropped in 15ef950 because, with batches of 64, three CLI runs each showed no difference.
+Measured again over ten CLI runs each on the same 16,000-patch CT (2 cores, ``/usr/bin/time``): the typical run
+is the same (median 2.5-2.6 s of compute either way), but without the setting 3 of 10 runs hit 0.86-1.1 million
+minor page faults and took 3.1-4.7 s; with it, every run had 74,000-81,000 faults and the slowest took 3.2 s (on
+a loaded machine). So it removes an intermittent tail, not a steady cost. Memory is reused, not grown: the
+peak of the 512x512x400 CT benchmark is 650 MB with it.
 
 Only the command line calls this, in its own process. A library must not retune the allocator of the
 application hosting it (Slicer), and a user who sets ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_``

@@ -508,8 +508,8 @@ def _average_views(source: PatchSource, classifier: Classifier, probs: np.ndarra
 
     Why at the end, in one call, rather than riding along in each growth round: cutting a view's patches is a
     dozen kernel launches, and paying them for seven views in every round doubled the GPU sweep. Only the
-    scored voxels are searched (unscored ones hold 0): a max over the whole box's landmark channels cost more
-    than the network on a GPU."""
+    scored voxels are searched (unscored ones hold 0): a max over the whole box's landmark channels took 13 ms
+    on the host, a fifth of the GPU sweep."""
     promising = scored[probs[tuple(scored.T)][:, :len(LANDMARK_NAMES)].max(axis=1) >= threshold]
     if not len(promising):
         return 0
