@@ -11,8 +11,10 @@ preprocessed on its own). Prints one JSON line per measurement:
   with ``--naive-full``, which also gives its accuracy) and the authors' procedure (``--authors-sample``
   single predicts, extrapolated to the number of predicts their loop makes for this seed), with speed-ups;
   once on the CPU (pinned to ``--threads`` cores) and once on CUDA when there is a GPU;
-* ``cli``: a whole ``cochlea landmarks`` run in a subprocess (interpreter start and model loading included):
-  wall seconds, CPU seconds and the run's own reported total;
+* ``cli``: whole ``cochlea landmarks`` runs in a subprocess (median of ``--cli-repeats``): wall seconds, the
+  startup of an interpreter that only imports PyTorch and our packages (timed alongside), the run's compute
+  (wall less startup: model loading, reading, detection and writing; the issue's "3 s of compute"), CPU
+  seconds and the run's own reported total;
 * ``memory``: peak RSS of ``cochlea landmarks`` on a synthetic 512x512x400 int16 CT (the phantom embedded in
   a larger volume), and its growth over an interpreter that only imported the packages and loaded the model;
 * ``accuracy``: one line per run (model x mode) of an evaluation over ``--data`` (or ``--phantoms N`` fresh
@@ -293,26 +295,59 @@ def _child_env(threads: int) -> dict[str, str]:
     return env
 
 
+#: What every ``cochlea`` run pays before its own work starts: the interpreter, PyTorch and our packages imported.
+_STARTUP_CHILD = """
+import torch
+import CochleaCommonLib.cli.landmarks
+import CochleaLandmarksLib.landmark_detection
+import CochleaLandmarksLib.smicnet_detector
+"""
+
+
+def _timed_child(command: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall and CPU seconds (user + system) of a child process, and its result."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done
+
+
 def cli_section(args, volume: Path, seed_file: Path, device: str, workdir: Path) -> dict[str, Any]:
-    """``cochlea landmarks`` as a user runs it: a fresh interpreter, imports, model loading, detection, files."""
+    """``cochlea landmarks`` as a user runs it: a fresh interpreter, imports, model loading, detection, files.
+
+    The issue's target is "3 s of compute, model loading included". The run's compute is its wall clock less the
+    startup every Python + PyTorch process pays (interpreter start and imports, ``startup_s``), timed here in the
+    same way and alternated with the runs; both are medians of ``--cli-repeats`` runs, and the wall clock itself
+    is reported too. The run's own timer (``reported_total_s``: model loading and detection, without reading the
+    volume and writing the files) is shown beside them."""
     out = workdir / f"cli-{device}"
     command = [sys.executable, "-m", "CochleaCommonLib.cli.main", "landmarks", str(volume), "--seed", str(seed_file),
                "--out", str(out), "--model", args.model, "--device", device, "--threads", str(args.threads), "-q"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(command, env=_child_env(args.threads), capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    record: dict[str, Any] = {"measure": "cli", "device": device, "model": args.model, "threads": args.threads,
-                              "loadavg_1m": _loadavg(), "wall_s": wall, "cpu_s": cpu, "exit_code": done.returncode}
-    if done.returncode != 0:  # timed all the same: "no cochlea found" is a result, not a broken benchmark
-        record["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
-        return emit(record)
+    env = _child_env(args.threads)
+    walls, cpus, startups, reported = [], [], [], []
+    for _ in range(max(1, args.cli_repeats)):
+        startup, _, started = _timed_child([sys.executable, "-c", _STARTUP_CHILD], env)
+        if started.returncode != 0:
+            raise SystemExit(f"the startup baseline failed: {started.stderr.strip()}")
+        wall, cpu, done = _timed_child(command, env)
+        record: dict[str, Any] = {"measure": "cli", "device": device, "model": args.model, "threads": args.threads,
+                                  "loadavg_1m": _loadavg(), "wall_s": wall, "cpu_s": cpu, "exit_code": done.returncode}
+        if done.returncode != 0:  # timed all the same: "no cochlea found" is a result, not a broken benchmark
+            record["error"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no message"
+            return emit(record)
+        walls.append(wall)
+        cpus.append(cpu)
+        startups.append(startup)
+        reported.append(json.loads((out / "report.json").read_text())["timings_s"]["total"])
     report = json.loads((out / "report.json").read_text())
-    return emit(record | {"device": report["device"], "model": report["model"],
-                          "reported_total_s": report["timings_s"]["total"], "timings_s": report["timings_s"],
-                          "patches": report["patches_scored"],
+    wall, startup = statistics.median(walls), statistics.median(startups)
+    return emit(record | {"device": report["device"], "model": report["model"], "runs": len(walls),
+                          "wall_s": wall, "wall_s_all": walls, "cpu_s": statistics.median(cpus),
+                          "startup_s": startup, "startup_s_all": startups, "compute_s": wall - startup,
+                          "reported_total_s": statistics.median(reported), "reported_total_s_all": reported,
+                          "timings_s": report["timings_s"], "patches": report["patches_scored"],
                           "found": [lm["label"] for lm in report["landmarks"] if lm["found"]]})
 
 
@@ -441,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naive-sample", type=int, default=2048, help="patches timed for the naive baseline on CPU")
     parser.add_argument("--naive-full", action="store_true", help="score the whole naive box (default on GPU only)")
     parser.add_argument("--naive-batch", type=int, default=256, help="batch size of the naive sweep (default 256)")
+    parser.add_argument("--cli-repeats", type=int, default=3, help="CLI runs (and startup baselines) timed")
     parser.add_argument("--authors-sample", type=int, default=64, help="single predicts timed for the authors' loop")
     parser.add_argument("--data", type=Path, default=None, help="annotated volumes for the accuracy table")
     parser.add_argument("--phantoms", type=int, default=0, help="without --data: generate this many fresh phantoms "
@@ -486,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
                         summary[f"{key}_{ratio}"] = record[ratio]
             if not args.skip_cli:
                 cli = cli_section(args, volume, seed_file, device, workdir)
-                summary[f"{'gpu' if device == 'cuda' else 'cpu'}_cli_wall_s"] = cli["wall_s"]
-                summary[f"{'gpu' if device == 'cuda' else 'cpu'}_cli_cpu_s"] = cli["cpu_s"]
+                for figure in ("wall_s", "startup_s", "compute_s", "cpu_s"):
+                    if figure in cli:
+                        summary[f"{'gpu' if device == 'cuda' else 'cpu'}_cli_{figure}"] = cli[figure]
         if not args.skip_memory:
             summary["peak_rss_mb"] = memory_section(args, image, seed_file, workdir)["peak_rss_mb"]
         if args.data is not None or args.phantoms > 0:
@@ -495,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = {}
     if "cpu_speedup_fast_vs_naive" in summary:
         checks["fast_10x_naive_cpu"] = summary["cpu_speedup_fast_vs_naive"] >= TARGET_SPEEDUP_VS_NAIVE
-    if "cpu_cli_wall_s" in summary:
-        checks["cli_under_3s_cpu"] = summary["cpu_cli_wall_s"] < TARGET_CLI_CPU_S
+    if "cpu_cli_compute_s" in summary:  # the issue's "3 s of compute (model loading included)"
+        checks["cli_compute_under_3s_cpu"] = summary["cpu_cli_compute_s"] < TARGET_CLI_CPU_S
     if "gpu_fast_sweep_s" in summary:
         checks["gpu_sweep_under_50ms"] = summary["gpu_fast_sweep_s"] < TARGET_GPU_SWEEP_S
     if "peak_rss_mb" in summary:
