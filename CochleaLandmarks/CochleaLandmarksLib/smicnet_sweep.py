@@ -467,10 +467,11 @@ def sweep_coarse_to_fine(
     views: Sequence[View] = (SAGITTAL,),
     views_threshold: float = 0.1,
 ) -> tuple[dict[str, Image], int]:
-    """Score a lattice of every ``coarse_stride``-th voxel of the ball inscribed in the box (everything within
-    ``box_mm / 2`` of the seed), then grow the scored set voxel by voxel through the landmark responses: each
-    round scores the unscored 26-neighbours of every voxel where some landmark reached ``keep_threshold``, until
-    no such voxel has an unscored neighbour. Growth may enter the box's corners to complete a region.
+    """Score a lattice of every ``coarse_stride``-th voxel (``lattice="cubic"``; ``"bcc"`` adds the cube centres,
+    see ``_ball_lattice``) of the ball inscribed in the box (everything within ``box_mm / 2`` of the seed), then grow
+    the scored set voxel by voxel through the landmark responses: each round scores the unscored 26-neighbours of every
+    voxel where some landmark reached ``keep_threshold``, until no such voxel has an unscored neighbour. Growth may
+    enter the box's corners to complete a region.
 
     Why a ball: what must be reached is a distance (the round window from a click a few mm off), and the
     cube's corners, 48 % of its volume, lie farther than that. Why growth rather than scoring whole cubes
@@ -487,6 +488,9 @@ def sweep_coarse_to_fine(
     in the other views too and holds the mean over ``views``; elsewhere the maps keep the sagittal value (below
     ``views_threshold``). The threshold is below the islands' 0.5 so that a landmark the sagittal view places a
     voxel or two off, which the other views place right, is still averaged where they agree.
+
+    A classifier that ``runs_on_device`` (a GPU model) keeps the growth and the view average on its device
+    (``smicnet_device_sweep``): same voxels, same values, one wait for the GPU per round.
 
     Voxels never scored hold probability 0 in the returned maps. Returns the maps (as
     :func:`sweep_probabilities`) and the number of patches scored (all views).
