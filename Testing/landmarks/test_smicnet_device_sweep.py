@@ -42,7 +42,12 @@ def _device_style(calls: list):
 @pytest.mark.parametrize("views", [(SAGITTAL,), ALL_VIEWS])
 @pytest.mark.parametrize("lattice, stride", [("cubic", 3), ("bcc", 5)])
 def test_device_sweep_scores_the_same_voxels_with_the_same_values_as_the_host_sweep(direction, views, lattice,
-                                                                                     stride):
+                                                                                     stride, monkeypatch):
+    from CochleaLandmarksLib import smicnet_device_sweep
+
+    loops: list = []  # the host loop also hands a device classifier its patches as tensors: count the device loop
+    device_loop = smicnet_device_sweep.grow_on_device
+    monkeypatch.setattr(smicnet_device_sweep, "grow_on_device", lambda *a, **k: loops.append(1) or device_loop(*a, **k))
     image = _two_blob_volume(direction)
     host_calls: list = []
     device_calls: list = []
@@ -53,6 +58,7 @@ def test_device_sweep_scores_the_same_voxels_with_the_same_values_as_the_host_sw
     progress: list = []
     on_host, host_patches = sweep_coarse_to_fine(image, P, _oracle(40, 40, host_calls), **kwargs)
     on_device, device_patches = sweep_coarse_to_fine(image, P, device, progress=progress.append, **kwargs)
+    assert loops == [1]  # the device classifier went through grow_on_device, the numpy oracle did not
     assert device_patches == host_patches == sum(host_calls)
     lattice_size = len(_ball_lattice(on_host["Helicotrema"].array.shape[0], stride, lattice))
     assert host_patches > lattice_size  # growth rounds ran
