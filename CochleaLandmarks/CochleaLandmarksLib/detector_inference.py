@@ -56,8 +56,11 @@ class Detector3D:
 
 
 def load_3d_detector(model: str, *, device: str = "auto", registry: ModelRegistry | None = None,
-                     allow_download: bool = False, progress: Progress | None = None) -> Detector3D:
-    """Load detector weights (registry id or ``.pt`` file) onto the resolved device, in eval mode."""
+                     allow_download: bool = False, progress: Progress | None = None,
+                     one_shot: bool = False) -> Detector3D:
+    """Load detector weights (registry id or ``.pt`` file) onto the resolved device, in eval mode.
+
+    ``one_shot`` (see ``landmark_detection.load_detector``): on CUDA, no cuDNN autotuning."""
     torch = require_torch()
     start = time.perf_counter()
     reg = registry if registry is not None else ModelRegistry.load()
@@ -67,7 +70,7 @@ def load_3d_detector(model: str, *, device: str = "auto", registry: ModelRegistr
                                 "choose the SMICNet method for it, or a detector model (e.g. detector-phantom).")
     choice = resolve_device(device)
     networks, stages, source = load_detector_weights(found.path, device=choice.name)
-    if choice.name.startswith("cuda"):
+    if choice.name.startswith("cuda") and not one_shot:
         torch.backends.cudnn.benchmark = True
     model_id = found.entry.id if found.entry is not None else str(model)
     return Detector3D(model_id, choice.name, networks, stages, time.perf_counter() - start, source,

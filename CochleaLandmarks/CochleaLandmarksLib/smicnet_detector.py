@@ -47,6 +47,9 @@ FAST_BOX_MM = 21.0
 #: 343,000). The cubic stride 3 itself had matched the dense sweep's points on 8 phantoms, where a cubic stride 4,
 #: growth through 0.05 rather than 0.02, and a body-centred side 5 (2.45 voxels; on the 16 phantoms of seed 9,
 #: 10 landmarks of 5 cases not found, and 6 of 3 with growth through 0.005) all missed whole islands.
+#: Growth to the 26 neighbours: to the 6 face neighbours only, it scored a fifth fewer patches and left all 72 points
+#: of the 24 development phantoms unchanged, but on the seed-41 suite it lost a round window (0.08 mm off, confidence
+#: 0.98): no lattice voxel fell in that 20-voxel response, which 26-neighbour growth reached through a corner.
 FAST_LATTICE = ("bcc", 4)
 #: On a GPU (a classifier that runs on its device) the cubic stride 3: there a growth round costs about 1 ms
 #: whatever its size, and the sparser lattice seeds fewer voxels of each region, so growth took 35 rounds rather
@@ -94,6 +97,8 @@ class LoadedDetector:
     load_seconds: float
     landmark_pixel: int = AUTHORS_LANDMARK_PIXEL
     messages: list[str] = field(default_factory=list)
+    #: Whether fast mode on CUDA replays CUDA graphs (see ``smicnet_classifier``); off for a one-shot run.
+    cuda_graphs: bool = True
     _classifier: Any = None
     _fast_classifier: Any = None
 
@@ -106,11 +111,11 @@ class LoadedDetector:
 
     @property
     def fast_classifier(self) -> Any:
-        """The classifier of fast mode: float16 autocast and CUDA graphs on CUDA (see ``smicnet_classifier``), else
-        ``classifier``."""
+        """The classifier of fast mode: float16 autocast and (``cuda_graphs``) CUDA graphs on CUDA (see
+        ``smicnet_classifier``), else ``classifier``."""
         if self._fast_classifier is None:
             on_cuda = str(self.device).startswith("cuda")
-            self._fast_classifier = (smicnet_classifier(self.network, half=True, graphs=True) if on_cuda
+            self._fast_classifier = (smicnet_classifier(self.network, half=True, graphs=self.cuda_graphs) if on_cuda
                                      else self.classifier)
         return self._fast_classifier
 
@@ -127,8 +132,11 @@ def landmark_pixel_of(metadata: dict[str, Any]) -> int:
 
 
 def load_smicnet_detector(model: str, *, device: str = "auto", registry: ModelRegistry | None = None,
-                          allow_download: bool = False, progress: Progress | None = None) -> LoadedDetector:
-    """Load SMICNet weights (registry id or file) onto the resolved device, in eval mode."""
+                          allow_download: bool = False, progress: Progress | None = None,
+                          one_shot: bool = False) -> LoadedDetector:
+    """Load SMICNet weights (registry id or file) onto the resolved device, in eval mode.
+
+    ``one_shot`` (see ``landmark_detection.load_detector``): on CUDA, neither cuDNN's autotuning nor CUDA graphs."""
     from .keras_import import load_smicnet_weights
 
     torch = require_torch()
@@ -139,11 +147,11 @@ def load_smicnet_detector(model: str, *, device: str = "auto", registry: ModelRe
     network.eval()
     metadata = dict(getattr(network, "metadata", {}) or {})
     model_id = metadata.get("model_id") or str(model)
-    if choice.name.startswith("cuda"):
+    if choice.name.startswith("cuda") and not one_shot:
         torch.backends.cudnn.benchmark = True
     detector = LoadedDetector("smicnet", str(model_id), choice.name, network, 0.0,
                               landmark_pixel=landmark_pixel_of(metadata),
-                              messages=[choice.message] if choice.message else [])
+                              messages=[choice.message] if choice.message else [], cuda_graphs=not one_shot)
     _ = detector.classifier
     detector.load_seconds = time.perf_counter() - start
     return detector

@@ -99,3 +99,16 @@ def test_seed_as_numbers_outside_the_volume_and_other_bad_input(phantom, tmp_pat
                        "--weights", "y.pt")
     assert code == 2 and "not allowed with argument" in err
     assert not out.exists()  # no failed run created the output folder
+
+
+def test_the_command_loads_its_detector_for_one_run(phantom, tmp_path, capsys, monkeypatch):
+    """``cochlea landmarks`` detects once and exits: it asks for a one-shot detector (no CUDA autotuning or graphs)."""
+    from CochleaLandmarksLib import landmark_detection
+
+    asked = []
+    real = landmark_detection.load_detector
+    monkeypatch.setattr(landmark_detection, "load_detector", lambda *a, **k: asked.append(k) or real(*a, **k))
+    code, _, err = run(capsys, "landmarks", phantom["volume"], "--seed", phantom["seed_file"], "--out",
+                       tmp_path / "out", "--device", "cpu", "--roi-mm", "10", "-q")
+    assert code == 0, err
+    assert [k.get("one_shot") for k in asked] == [True]

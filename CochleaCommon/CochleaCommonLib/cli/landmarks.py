@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
     registry = load_registry(args) if args.registry is not None else None
     model = str(args.weights) if args.weights is not None else args.model
     with cli_progress(args) as progress:  # the bar is closed before anything is printed on stdout
+        # One volume, then the process ends: no CUDA set-up that only repeated runs win back.
         detector = load_detector(args.method, model, device=args.device, registry=registry,
-                                 allow_download=args.download, progress=progress.sub(0.0, 0.05))
+                                 allow_download=args.download, progress=progress.sub(0.0, 0.05), one_shot=True)
         if seed is None:
             from CochleaLandmarksLib.landmark_detection import detect_cochleae
 
