@@ -60,7 +60,7 @@ def load_detector(method: str = "smicnet", model: str | os.PathLike | None = Non
 
     ``one_shot``: the detector runs once and the process ends (the ``cochlea landmarks`` command). On CUDA it then
     skips what only repeated runs win back: cuDNN's autotuning (it times every algorithm for each new input shape)
-    and SMICNet's CUDA graphs (captured per batch shape). On an H100 the first detection in a fresh process took
+    and SMICNet's CUDA graphs (captured per batch shape). On an H100, SMICNet's first detection in a fresh process took
     9.1 s with neither, 11.8 s with autotuning, 12.4 s with graphs and 13.4 s with both (one run each), while the
     graphs take a warm detection from about 175 to 145 ms. No effect on the CPU.
     """
