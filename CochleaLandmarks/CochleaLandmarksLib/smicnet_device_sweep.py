@@ -21,6 +21,7 @@ from .smicnet_sweep import (
     LANDMARK_NAMES,
     Classifier,
     PatchSource,
+    average_views_staged,
     classify_groups_on_device,
     level_span,
 )
@@ -30,7 +31,8 @@ from .smicnet_views import SAGITTAL, View
 def grow_on_device(source: PatchSource, classifier: Classifier, lattice_ijk: np.ndarray, keep_threshold: float,
                    views: Sequence[View], views_threshold: float, *, batch_size: int | None = None,
                    progress: Callable[[float], Any] | None = None,
-                   views_progress: Callable[[float], Any] | None = None) -> tuple[np.ndarray, int]:
+                   views_progress: Callable[[float], Any] | None = None,
+                   island_threshold: float | None = None) -> tuple[np.ndarray, int]:
     """The lattice, growth rounds and view averaging of ``sweep_coarse_to_fine`` for a classifier that
     ``runs_on_device``: the probabilities ``(n, n, n, 4)`` on the host (0 where never scored) and the number of
     patches scored (all views)."""
@@ -61,7 +63,7 @@ def grow_on_device(source: PatchSource, classifier: Classifier, lattice_ijk: np.
         progress(1.0)
     if len(views) > 1:
         total += _average_views_on_device(source, classifier, probs, scored, views, views_threshold, batch_size,
-                                          views_progress)
+                                          views_progress, island_threshold)
     # Back to the host as the scored voxels and their values: a tenth of the bytes of the whole volume.
     where = scored.nonzero()
     values = probs[where.unbind(1)]
@@ -72,18 +74,25 @@ def grow_on_device(source: PatchSource, classifier: Classifier, lattice_ijk: np.
 
 def _average_views_on_device(source: PatchSource, classifier: Classifier, probs: Any, scored: Any,
                              views: Sequence[View], threshold: float, batch_size: int | None,
-                             progress: Callable[[float], Any] | None) -> int:
+                             progress: Callable[[float], Any] | None, island_threshold: float | None) -> int:
     """``smicnet_sweep._average_views`` on the device: the scored voxels where a landmark reached ``threshold``
-    hold the mean over ``views`` (the sagittal answer is already in ``probs``); returns the patches scored."""
+    hold the mean over ``views`` (the same stages, through the same ``average_views_staged``); returns the
+    patches scored."""
     import torch
 
     promising = (scored & (probs[..., :len(LANDMARK_NAMES)].amax(dim=-1) >= threshold)).nonzero()
     if not len(promising):
         return 0
-    others = [v for v in views if tuple(v) != tuple(SAGITTAL)]
-    answers = classify_groups_on_device(source, classifier, [(promising, v) for v in others],
-                                        batch_size=batch_size, progress=progress)
+
+    def score_sum(rows: Any, stage: tuple[View, ...], sub: Callable[[float], Any] | None) -> Any:
+        voxels = promising[rows]
+        answers = classify_groups_on_device(source, classifier, [(voxels, v) for v in stage],
+                                            batch_size=batch_size, progress=sub)
+        return answers.reshape(len(stage), len(voxels), -1).sum(dim=0, dtype=torch.float64)
+
     index = promising.unbind(1)
-    summed = probs[index].double() + answers.reshape(len(others), len(promising), -1).sum(dim=0, dtype=torch.float64)
-    probs.index_put_(index, (summed / len(views)).float())
-    return len(promising) * len(others)
+    summed = probs[index].double()
+    patches = average_views_staged(summed, torch.arange(len(promising), device=promising.device), score_sum, views,
+                                   island_threshold, progress)
+    probs.index_put_(index, summed.float())
+    return patches

@@ -40,9 +40,10 @@ def _device_style(calls: list):
 
 @pytest.mark.parametrize("direction", [OBLIQUE, FLIPPED])
 @pytest.mark.parametrize("views", [(SAGITTAL,), ALL_VIEWS])
-@pytest.mark.parametrize("lattice, stride", [("cubic", 3), ("bcc", 5)])
+@pytest.mark.parametrize("lattice, stride, island_threshold", [("cubic", 3, None), ("bcc", 5, 0.5)])
 def test_device_sweep_scores_the_same_voxels_with_the_same_values_as_the_host_sweep(direction, views, lattice,
-                                                                                     stride, monkeypatch):
+                                                                                     stride, island_threshold,
+                                                                                     monkeypatch):
     from CochleaLandmarksLib import smicnet_device_sweep
 
     loops: list = []  # the host loop also hands a device classifier its patches as tensors: count the device loop
@@ -54,7 +55,7 @@ def test_device_sweep_scores_the_same_voxels_with_the_same_values_as_the_host_sw
     device = _device_style(device_calls)
     assert runs_on_device(device) and not runs_on_device(_oracle(40, 40))
     kwargs = dict(box_mm=6.0, coarse_stride=stride, lattice=lattice, keep_threshold=0.05, views=views,
-                  views_threshold=0.3, centre_offset_vox=(0, 1, 1))
+                  views_threshold=0.3, centre_offset_vox=(0, 1, 1), island_threshold=island_threshold)
     progress: list = []
     on_host, host_patches = sweep_coarse_to_fine(image, P, _oracle(40, 40, host_calls), **kwargs)
     on_device, device_patches = sweep_coarse_to_fine(image, P, device, progress=progress.append, **kwargs)
