@@ -3,7 +3,8 @@
 Why: models are trained in one array convention (SMICNet: array axes increasing towards L, P, S at
 0.3 mm). Patients arrive in any orientation and spacing. Reorientation here is exact (a transpose
 and flips of the array with the matching matrix update: no interpolation), resampling goes
-through ITK, and crops carry their own IJK-to-RAS so results map back to world space exactly.
+through ITK (a change of spacing alone through the same interpolation done per axis in numpy), and
+crops carry their own IJK-to-RAS so results map back to world space exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from numpy.typing import ArrayLike
 from .errors import InvalidInputError
 from .geometry import RAS_TO_LPS, round_index
 from .image import Image
+from .separable_resample import resample_linear_separable
 
 _TARGETS = {"LPS": RAS_TO_LPS[:3, :3], "RAS": np.eye(3)}
 
@@ -107,9 +109,17 @@ def grid_with_spacing(image: Image, spacing: float | ArrayLike) -> Image:
 
 def resample_to_spacing(image: Image, spacing: float | ArrayLike, *, interpolator: str = "linear",
                         default_value: float = 0.0) -> Image:
-    """Resample to a new voxel spacing (mm, scalar or per axis i, j, k) over the same extent."""
-    return resample_like(image, grid_with_spacing(image, spacing), interpolator=interpolator,
-                         default_value=default_value)
+    """Resample to a new voxel spacing (mm, scalar or per axis i, j, k) over the same extent.
+
+    The new grid keeps the image's axes, so linear interpolation of a floating-point image is done per axis in
+    numpy (:mod:`separable_resample`: ITK's values, without importing SimpleITK); anything else goes through ITK.
+    """
+    grid = grid_with_spacing(image, spacing)
+    if interpolator == "linear":
+        fast = resample_linear_separable(image, grid, default_value=default_value)
+        if fast is not None:
+            return fast
+    return resample_like(image, grid, interpolator=interpolator, default_value=default_value)
 
 
 def crop_box(image: Image, center_ras: ArrayLike, size_vox: ArrayLike, *, pad_value: float | None = None) -> Image:

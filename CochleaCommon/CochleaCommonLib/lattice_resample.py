@@ -20,6 +20,7 @@ import numpy as np
 
 from .devices import require_torch
 from .image import Image
+from .separable_resample import axis_permutation, axis_weights
 
 
 def lattice_covering(image: Image, source: Image, *, margin_vox: int = 0) -> tuple[np.ndarray, tuple[int, int, int]]:
@@ -63,7 +64,7 @@ def resample_channels(values: Any, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: n
     if src.dim() != 4:
         raise ValueError(f"Expected a channel stack (C, k, j, i), got shape {tuple(src.shape)}.")
     dst_to_src = np.linalg.inv(np.asarray(src_ijk_to_ras, dtype=np.float64)) @ np.asarray(dst_ijk_to_ras, np.float64)
-    axes = _axis_permutation(dst_to_src[:3, :3]) if separable else None
+    axes = axis_permutation(dst_to_src[:3, :3]) if separable else None
     if axes is not None:
         return _resample_separable(src, dst_to_src, axes, dst_shape_kji, float(default))
     # One replicated edge voxel on every side: interpolating with zero padding then repeats the edge within
@@ -83,42 +84,14 @@ def resample_channels(values: Any, src_ijk_to_ras: np.ndarray, dst_ijk_to_ras: n
     grid = b_t + ii * a_t[:, 0] + jj * a_t[:, 1] + kk * a_t[:, 2]  # (k, j, i, 3): normalised source x, y, z
     sampled = torch.nn.functional.grid_sample(src[None], grid[None], mode="bilinear", padding_mode="zeros",
                                               align_corners=True)[0]
-    # ITK's extent: continuous source index within [-0.5, n - 0.5] on every axis, in normalised units.
+    # ITK's extent: continuous source index in [-0.5, n - 0.5) on every axis, in normalised units.
     low = torch.as_tensor(1.0 / denom - 1.0, dtype=torch.float32, device=device)
     high = torch.as_tensor(2.0 * (n_src + 0.5) / denom - 1.0, dtype=torch.float32, device=device)
-    inside = ((grid >= low) & (grid <= high)).all(dim=-1)
+    inside = ((grid >= low) & (grid < high)).all(dim=-1)  # half-open, as ITK's IsInsideBuffer
     sampled.mul_(inside)
     if default:
         sampled.add_(float(default) * ~inside)
     return sampled
-
-
-def _axis_permutation(linear: np.ndarray, tolerance: float = 1e-6) -> list[int] | None:
-    """Source axis of each destination axis (i, j, k) when the map is a scaled signed permutation, else None."""
-    scale = np.abs(linear).max()
-    axes = [int(np.argmax(np.abs(linear[:, d]))) for d in range(3)]
-    if scale == 0 or sorted(axes) != [0, 1, 2]:
-        return None
-    off = linear.copy()
-    for d, a in enumerate(axes):
-        off[a, d] = 0.0
-    return axes if np.abs(off).max() <= tolerance * scale else None
-
-
-def _axis_weights(torch: Any, coords: np.ndarray, n: int, device: Any) -> tuple[Any, Any]:
-    """(n_dst, n) linear interpolation weights at continuous source indices ``coords``, ITK's way, and inside."""
-    inside = (coords >= -0.5) & (coords <= n - 0.5)
-    c = np.clip(coords, 0.0, n - 1.0)
-    low = np.clip(np.floor(c).astype(np.int64), 0, max(n - 2, 0))
-    frac = c - low
-    high = np.minimum(low + 1, n - 1)
-    w = np.zeros((len(coords), n), dtype=np.float64)
-    rows = np.arange(len(coords))
-    np.add.at(w, (rows, low), 1.0 - frac)
-    np.add.at(w, (rows, high), frac)
-    w[~inside] = 0.0
-    return (torch.as_tensor(w, dtype=torch.float32, device=device),
-            torch.as_tensor(inside, dtype=torch.float32, device=device))
 
 
 def _resample_separable(src: Any, dst_to_src: np.ndarray, axes: list[int], dst_shape_kji: tuple[int, int, int],
@@ -131,9 +104,9 @@ def _resample_separable(src: Any, dst_to_src: np.ndarray, axes: list[int], dst_s
     for d, n_dst in enumerate((ni, nj, nk)):
         a = axes[d]
         coords = dst_to_src[a, d] * np.arange(n_dst, dtype=np.float64) + dst_to_src[a, 3]
-        w, inside = _axis_weights(torch, coords, int(n_src[a]), src.device)
-        weights.append(w)
-        insides.append(inside)
+        w, inside = axis_weights(coords, int(n_src[a]))
+        weights.append(torch.as_tensor(w, dtype=torch.float32, device=src.device))
+        insides.append(torch.as_tensor(inside, dtype=torch.float32, device=src.device))
     # Source tensor dims in destination order (k, j, i); tensor dim of source axis a is 3 - a.
     s = src.permute(0, 3 - axes[2], 3 - axes[1], 3 - axes[0])
     s = torch.matmul(s, weights[0].T)                                   # (C, k', j', i)

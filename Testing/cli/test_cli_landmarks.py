@@ -112,3 +112,25 @@ def test_the_command_loads_its_detector_for_one_run(phantom, tmp_path, capsys, m
                        tmp_path / "out", "--device", "cpu", "--roi-mm", "10", "-q")
     assert code == 0, err
     assert [k.get("one_shot") for k in asked] == [True]
+
+
+def test_a_run_on_nrrd_files_never_imports_simpleitk(phantom, tmp_path):
+    """Importing SimpleITK costs 0.2-0.3 s, a tenth of the command's 3 s budget: NRRD in and out (nrrd_io), the
+    resampling to 0.3 mm (separable_resample) and the island labelling (connected_components) avoid it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["landmarks", str(phantom["volume"]), "--seed", str(phantom["seed_file"]), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--roi-mm", "13", "-q"]
+    code = ("import sys\n"
+            "from CochleaCommonLib.cli.main import main\n"
+            f"status = main({argv!r})\n"
+            "print(status, 'SimpleITK' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(root / d) for d in ("CochleaCommon", "CochleaLandmarks"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
+    assert read_image(phantom["volume"]).spacing != pytest.approx(0.3)  # the run resampled its volume

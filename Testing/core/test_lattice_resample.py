@@ -98,12 +98,12 @@ def test_outside_the_map_takes_the_default_value_as_in_simpleitk():
                                             ("flipped", "flipped"), ("translated", "flipped")])
 def test_the_separable_path_of_aligned_grids_equals_the_general_one(case, axes):
     """Axis-aligned, flipped and permuted grids take three matrix products instead of grid_sample: same voxels."""
-    from CochleaCommonLib.lattice_resample import _axis_permutation
+    from CochleaCommonLib.separable_resample import axis_permutation
 
     image = _input(case)
     prob = _map_inside(image, MAP_AXES[axes], seed=11)
     m, shape = lattice_covering(image, prob, margin_vox=2)
-    assert _axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ m)[:3, :3]) is not None
+    assert axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ m)[:3, :3]) is not None
     fast = resample_channels(np.stack([prob.array, 1.0 - prob.array]), prob.ijk_to_ras, m, shape, default=-1.0)
     general = resample_channels(np.stack([prob.array, 1.0 - prob.array]), prob.ijk_to_ras, m, shape, default=-1.0,
                                 separable=False)
@@ -112,8 +112,8 @@ def test_the_separable_path_of_aligned_grids_equals_the_general_one(case, axes):
 
 
 def test_oblique_grids_take_the_general_path():
-    from CochleaCommonLib.lattice_resample import _axis_permutation
+    from CochleaCommonLib.separable_resample import axis_permutation
 
     image = _input("oblique")
     prob = _map_inside(image, MAP_AXES["canonical"])
-    assert _axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ image.ijk_to_ras)[:3, :3]) is None
+    assert axis_permutation((np.linalg.inv(prob.ijk_to_ras) @ image.ijk_to_ras)[:3, :3]) is None
