@@ -146,6 +146,10 @@ def test_our_volume_files_and_slicers_storage_node_agree(scene, tmp_path, case, 
     storage2.SetFileName(str(written))
     assert storage2.WriteData(slicer_io.image_to_volume_node(image, "w", scene))
     assert_same_world_voxels(image, read_image(written))
+    if suffix == ".nrrd":  # Slicer's NRRD is read by nrrd_io itself, not handed back to SimpleITK
+        from CochleaCommonLib.nrrd_io import read_nrrd
+
+        assert_same_world_voxels(image, read_nrrd(written))
 
 
 def test_probability_volume_node_display(scene):
