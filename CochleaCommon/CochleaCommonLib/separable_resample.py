@@ -19,6 +19,9 @@ import numpy as np
 
 from .image import Image
 
+#: Source slices converted to float64 at a time in the first product (bounds the temporary to a few MB).
+_SLAB = 16
+
 
 def axis_permutation(linear: np.ndarray, tolerance: float = 1e-6) -> list[int] | None:
     """Source axis of each destination axis (i, j, k) when ``linear`` (destination index to source index) is a
@@ -70,9 +73,13 @@ def resample_linear_separable(image: Image, reference: Image, *, default_value: 
         w, inside = axis_weights(coords, int(n_src[a]))
         weights.append(w)
         insides.append(inside)
-    # The source's array axes in destination order (k, j, i); array axis of source axis a is 2 - a.
-    s = np.transpose(array, (2 - axes[2], 2 - axes[1], 2 - axes[0])).astype(np.float64)
-    s = s @ weights[0].T                                               # (k', j', i)
+    # The source's array axes in destination order (k, j, i); array axis of source axis a is 2 - a. The first
+    # product runs over slabs of the source, so no float64 copy of the whole source is made (a 0.1 mm region
+    # resampled to 0.3 mm would otherwise need twice its own size again).
+    source = np.transpose(array, (2 - axes[2], 2 - axes[1], 2 - axes[0]))
+    s = np.empty((source.shape[0], source.shape[1], n_dst[0]), dtype=np.float64)
+    for first in range(0, source.shape[0], _SLAB):
+        s[first:first + _SLAB] = source[first:first + _SLAB].astype(np.float64) @ weights[0].T  # (k', j', i)
     s = np.swapaxes(np.swapaxes(s, 1, 2) @ weights[1].T, 1, 2)         # (k', j, i)
     kk, jj, ii = s.shape
     s = (weights[2] @ s.reshape(kk, jj * ii)).reshape(n_dst[2], jj, ii)  # (k, j, i)
